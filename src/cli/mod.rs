@@ -1,0 +1,104 @@
+//! Argument parsing and output; one file per subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod lock;
+mod progress;
+mod pull;
+mod store;
+
+/// i2kit: turn a Kubernetes Deployment into a bootable, reproducible VM image.
+///
+/// Images come from OCI registries (or `oci:DIR[:TAG]` layouts) into a
+/// content-addressed store; builds are hermetic and reproducible.
+#[derive(Parser)]
+#[command(name = "i2kit", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// The content-addressed store (an OCI image layout).
+    /// Default: $I2KIT_STORE, else $XDG_CACHE_HOME/i2kit/store, else ~/.cache/i2kit/store.
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pull images into the store and print the digest each reference resolved to.
+    Pull(pull::Args),
+    /// Pin every image of a manifest (kernel, init, stub, containers) in i2kit.lock.
+    Lock(lock::Args),
+    /// Inspect and maintain the store.
+    #[command(subcommand)]
+    Store(store::Command),
+}
+
+/// Registry options shared by every command that talks to registries.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NetArgs {
+    /// Talk plain HTTP to this registry (HOST[:PORT]); repeatable.
+    /// Loopback registries (localhost, 127.0.0.0/8, [::1]) always use HTTP.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure: Vec<String>,
+    /// Concurrent blob downloads.
+    #[arg(long, short = 'j', default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: u16,
+    /// Never use the network: everything must already be in the store.
+    #[arg(long)]
+    offline: bool,
+}
+
+impl NetArgs {
+    fn fetch_options(&self) -> i2kit::fetch::FetchOptions {
+        i2kit::fetch::FetchOptions {
+            jobs: self.jobs as usize,
+            registry: i2kit::registry::RegistryOptions {
+                insecure: self.insecure.clone(),
+            },
+            offline: self.offline,
+        }
+    }
+}
+
+impl Cli {
+    fn open_store(&self) -> anyhow::Result<i2kit::store::Store> {
+        use anyhow::Context;
+        let root = match &self.store {
+            Some(p) => p.clone(),
+            None => i2kit::store::Store::default_root()?,
+        };
+        i2kit::store::Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Run the CLI; errors are printed once, with their causes.
+pub fn main() -> ExitCode {
+    i2kit::init_tls();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Pull(a) => pull::run(&cli, a),
+        Command::Lock(a) => lock::run(&cli, a),
+        Command::Store(c) => store::run(&cli, c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The `i2kit` command line: parse arguments, call the library, print.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
