@@ -190,12 +190,18 @@ mod tests {
     fn parse_round_trip_and_errors() {
         let d = Digest::of(b"abc");
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
-        assert!(matches!("abc".parse::<Digest>(), Err(DigestError::NoAlgorithm(_))));
+        assert!(matches!(
+            "abc".parse::<Digest>(),
+            Err(DigestError::NoAlgorithm(_))
+        ));
         assert!(matches!(
             format!("sha512:{}", d.hex()).parse::<Digest>(),
             Err(DigestError::Algorithm(_))
         ));
-        assert!(matches!("sha256:abc".parse::<Digest>(), Err(DigestError::Hex(_))));
+        assert!(matches!(
+            "sha256:abc".parse::<Digest>(),
+            Err(DigestError::Hex(_))
+        ));
         let upper = format!("sha256:{}", d.hex().to_uppercase());
         assert!(matches!(upper.parse::<Digest>(), Err(DigestError::Hex(_))));
     }

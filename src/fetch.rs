@@ -106,7 +106,9 @@ pub enum FetchError {
         problem: String,
     },
     /// `--offline` and the store lacks something.
-    #[error("--offline: {0} is not in the store; run `i2kit fetch` (or `i2kit pull`) with network access first")]
+    #[error(
+        "--offline: {0} is not in the store; run `i2kit fetch` (or `i2kit pull`) with network access first"
+    )]
     Offline(String),
     /// The image config is not valid JSON.
     #[error("image config {digest} of {reference} is invalid: {detail}")]
@@ -177,10 +179,16 @@ struct Progress<'a>(&'a EventSink);
 
 impl BlobProgress for Progress<'_> {
     fn advance(&self, digest: &Digest, n: u64) {
-        (self.0)(&Event::BlobBytes { digest: *digest, bytes: n });
+        (self.0)(&Event::BlobBytes {
+            digest: *digest,
+            bytes: n,
+        });
     }
     fn reset(&self, digest: &Digest, offset: u64) {
-        (self.0)(&Event::BlobReset { digest: *digest, offset });
+        (self.0)(&Event::BlobReset {
+            digest: *digest,
+            offset,
+        });
     }
 }
 
@@ -189,7 +197,12 @@ pub fn store_name(r: &ImageRef) -> String {
     match r {
         ImageRef::Layout(l) => {
             let abs = std::path::absolute(&l.path).unwrap_or_else(|_| l.path.clone());
-            LayoutRef { path: abs, digest: None, ..l.clone() }.to_string()
+            LayoutRef {
+                path: abs,
+                digest: None,
+                ..l.clone()
+            }
+            .to_string()
         }
         ImageRef::Registry(_) => r.without_digest().to_string(),
     }
@@ -197,7 +210,12 @@ pub fn store_name(r: &ImageRef) -> String {
 
 impl Fetcher {
     /// A fetcher for the given references (their registries decide HTTP vs HTTPS).
-    pub fn new<'a>(store: Store, opts: FetchOptions, events: EventSink, refs: impl IntoIterator<Item = &'a ImageRef>) -> Fetcher {
+    pub fn new<'a>(
+        store: Store,
+        opts: FetchOptions,
+        events: EventSink,
+        refs: impl IntoIterator<Item = &'a ImageRef>,
+    ) -> Fetcher {
         let regs: Vec<&RegistryRef> = refs
             .into_iter()
             .filter_map(|r| match r {
@@ -219,7 +237,11 @@ impl Fetcher {
     }
 
     /// Manifest bytes for `r` (pinned to `digest` when given): store first, then the source.
-    async fn manifest_bytes(&self, r: &ImageRef, digest: Option<Digest>) -> Result<(Vec<u8>, Digest), FetchError> {
+    async fn manifest_bytes(
+        &self,
+        r: &ImageRef,
+        digest: Option<Digest>,
+    ) -> Result<(Vec<u8>, Digest), FetchError> {
         if let Some(d) = digest
             && self.store.has_blob(&d, None)
         {
@@ -247,7 +269,8 @@ impl Fetcher {
             }
             ImageRef::Layout(l) => layout_manifest(l, digest)?,
         };
-        self.store.put_bytes(&format!("manifest of {r}"), &bytes, Some(actual))?;
+        self.store
+            .put_bytes(&format!("manifest of {r}"), &bytes, Some(actual))?;
         Ok((bytes, actual))
     }
 
@@ -287,7 +310,11 @@ impl Fetcher {
 
     /// Resolve `r` for `platform`: manifests and config into the store, and the
     /// reference recorded in the store's index.
-    pub async fn resolve(&self, r: &ImageRef, platform: &Platform) -> Result<ResolvedImage, FetchError> {
+    pub async fn resolve(
+        &self,
+        r: &ImageRef,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, FetchError> {
         let (top_bytes, top_digest) = self.manifest_bytes(r, r.digest()).await?;
         let doc = ManifestDoc::parse(&r.to_string(), "", &top_bytes)?;
         let top = Descriptor::new(doc.media_type(), top_digest, top_bytes.len() as u64);
@@ -304,13 +331,21 @@ impl Fetcher {
                         offered: index
                             .manifests
                             .iter()
-                            .map(|d| d.platform.as_ref().map_or("(no platform)".to_string(), |p| p.to_string()))
+                            .map(|d| {
+                                d.platform
+                                    .as_ref()
+                                    .map_or("(no platform)".to_string(), |p| p.to_string())
+                            })
                             .collect(),
                     })?
                     .clone();
                 let (bytes, d) = self.manifest_bytes(r, Some(chosen.digest)).await?;
-                match ManifestDoc::parse(&format!("{r} ({platform})"), &chosen.media_type, &bytes)? {
-                    ManifestDoc::Image(m) => (Descriptor::new(&chosen.media_type, d, bytes.len() as u64), m),
+                match ManifestDoc::parse(&format!("{r} ({platform})"), &chosen.media_type, &bytes)?
+                {
+                    ManifestDoc::Image(m) => (
+                        Descriptor::new(&chosen.media_type, d, bytes.len() as u64),
+                        m,
+                    ),
                     ManifestDoc::Index(_) => {
                         return Err(FetchError::Platform {
                             reference: r.to_string(),
@@ -323,11 +358,12 @@ impl Fetcher {
         };
         self.blob(r, &image.config).await?;
         let config_bytes = self.store.read_blob(&image.config.digest)?;
-        let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|e| FetchError::Config {
-            reference: r.to_string(),
-            digest: image.config.digest,
-            detail: e.to_string(),
-        })?;
+        let config: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| FetchError::Config {
+                reference: r.to_string(),
+                digest: image.config.digest,
+                detail: e.to_string(),
+            })?;
         if !config.architecture.is_empty() {
             let actual = Platform {
                 os: config.os.clone(),
@@ -356,19 +392,23 @@ impl Fetcher {
             platform: platform.clone(),
             top,
             manifest,
-            image,
+            image: *image,
             config,
         })
     }
 
     /// Resolve every reference, then fetch all their layers (each distinct blob once).
-    pub async fn pull(&self, refs: &[(ImageRef, Platform)]) -> Result<Vec<ResolvedImage>, FetchError> {
+    pub async fn pull(
+        &self,
+        refs: &[(ImageRef, Platform)],
+    ) -> Result<Vec<ResolvedImage>, FetchError> {
         let _writer = self.store.lock_writer()?;
         let jobs = self.opts.jobs.max(1);
-        let resolved: Vec<ResolvedImage> = stream::iter(refs.iter().map(|(r, p)| self.resolve(r, p)))
-            .buffered(jobs)
-            .try_collect()
-            .await?;
+        let resolved: Vec<ResolvedImage> =
+            stream::iter(refs.iter().map(|(r, p)| self.resolve(r, p)))
+                .buffered(jobs)
+                .try_collect()
+                .await?;
         let mut seen = std::collections::BTreeSet::new();
         let mut todo = Vec::new();
         for img in &resolved {
@@ -403,9 +443,14 @@ fn layout_err(path: &Path, problem: impl Into<String>) -> FetchError {
 /// Find the manifest a layout reference names and return its verified bytes.
 fn layout_manifest(l: &LayoutRef, digest: Option<Digest>) -> Result<(Vec<u8>, Digest), FetchError> {
     let index_path = l.path.join("index.json");
-    let bytes = std::fs::read(&index_path).map_err(|e| layout_err(&l.path, format!("cannot read index.json: {e}")))?;
-    let index: oci::Index =
-        serde_json::from_slice(&bytes).map_err(|e| layout_err(&l.path, format!("index.json is not a valid image index: {e}")))?;
+    let bytes = std::fs::read(&index_path)
+        .map_err(|e| layout_err(&l.path, format!("cannot read index.json: {e}")))?;
+    let index: oci::Index = serde_json::from_slice(&bytes).map_err(|e| {
+        layout_err(
+            &l.path,
+            format!("index.json is not a valid image index: {e}"),
+        )
+    })?;
     let d = match (digest, &l.tag) {
         (Some(d), _) => d,
         (None, Some(tag)) => {
@@ -413,7 +458,12 @@ fn layout_manifest(l: &LayoutRef, digest: Option<Digest>) -> Result<(Vec<u8>, Di
                 .manifests
                 .iter()
                 .find(|m| m.annotations.get(oci::ANNOTATION_REF_NAME) == Some(tag))
-                .ok_or_else(|| layout_err(&l.path, format!("no manifest named {tag:?}; it has: {}", names(&index))))?
+                .ok_or_else(|| {
+                    layout_err(
+                        &l.path,
+                        format!("no manifest named {tag:?}; it has: {}", names(&index)),
+                    )
+                })?
                 .digest
         }
         (None, None) => match index.manifests.as_slice() {
@@ -422,7 +472,10 @@ fn layout_manifest(l: &LayoutRef, digest: Option<Digest>) -> Result<(Vec<u8>, Di
             _ => {
                 return Err(layout_err(
                     &l.path,
-                    format!("index.json lists several manifests; name one as oci:PATH:NAME ({})", names(&index)),
+                    format!(
+                        "index.json lists several manifests; name one as oci:PATH:NAME ({})",
+                        names(&index)
+                    ),
                 ));
             }
         },
@@ -446,15 +499,25 @@ fn names(index: &oci::Index) -> String {
     let v: Vec<&str> = index
         .manifests
         .iter()
-        .filter_map(|m| m.annotations.get(oci::ANNOTATION_REF_NAME).map(String::as_str))
+        .filter_map(|m| {
+            m.annotations
+                .get(oci::ANNOTATION_REF_NAME)
+                .map(String::as_str)
+        })
         .collect();
-    if v.is_empty() { "no named manifests".into() } else { v.join(", ") }
+    if v.is_empty() {
+        "no named manifests".into()
+    } else {
+        v.join(", ")
+    }
 }
 
 fn copy_blob(store: &Store, src: &Path, desc: &Descriptor, what: &str) -> Result<(), FetchError> {
-    let mut f = std::fs::File::open(src).map_err(|e| layout_err(src, format!("cannot open blob {}: {e}", desc.digest)))?;
+    let mut f = std::fs::File::open(src)
+        .map_err(|e| layout_err(src, format!("cannot open blob {}: {e}", desc.digest)))?;
     let mut w = store.blob_writer(what, desc.digest, Some(desc.size))?;
-    std::io::copy(&mut f, &mut w).map_err(|e| layout_err(src, format!("copying blob {}: {e}", desc.digest)))?;
+    std::io::copy(&mut f, &mut w)
+        .map_err(|e| layout_err(src, format!("copying blob {}: {e}", desc.digest)))?;
     w.commit()?;
     Ok(())
 }

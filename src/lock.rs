@@ -110,7 +110,10 @@ impl LockFile {
         if lock.lock_version != LOCK_VERSION {
             return Err(LockError::Io {
                 path: path.into(),
-                detail: format!("lockVersion {} is not supported (expected {LOCK_VERSION})", lock.lock_version),
+                detail: format!(
+                    "lockVersion {} is not supported (expected {LOCK_VERSION})",
+                    lock.lock_version
+                ),
             });
         }
         Ok(Some(lock))
@@ -125,7 +128,10 @@ impl LockFile {
 
     /// Write atomically.
     pub fn save(&self, path: &Path) -> Result<(), LockError> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         crate::store::write_atomic(dir, path, &self.to_bytes()).map_err(|e| LockError::Io {
             path: path.into(),
             detail: e.to_string(),
@@ -141,7 +147,10 @@ impl LockFile {
         {
             return None;
         }
-        entry.platforms.get(&platform.to_string()).map(|d| r.with_digest(*d))
+        entry
+            .platforms
+            .get(&platform.to_string())
+            .map(|d| r.with_digest(*d))
     }
 
     /// Every way the lock fails to cover exactly `refs` on `platforms`.
@@ -157,7 +166,10 @@ impl LockFile {
                         && d != e.digest
                         && !e.platforms.values().any(|p| *p == d)
                     {
-                        out.push(format!("{k}: the manifest pins {d}, the lock has {}", e.digest));
+                        out.push(format!(
+                            "{k}: the manifest pins {d}, the lock has {}",
+                            e.digest
+                        ));
                     }
                     for p in platforms {
                         if !e.platforms.contains_key(&p.to_string()) {
@@ -178,7 +190,12 @@ impl LockFile {
     }
 
     /// Fail with [`LockError::Stale`] unless the lock covers exactly `refs`.
-    pub fn check(&self, path: &Path, refs: &[ImageRef], platforms: &[Platform]) -> Result<(), LockError> {
+    pub fn check(
+        &self,
+        path: &Path,
+        refs: &[ImageRef],
+        platforms: &[Platform],
+    ) -> Result<(), LockError> {
         let entries = self.stale_entries(refs, platforms);
         if entries.is_empty() {
             Ok(())
@@ -224,8 +241,15 @@ mod tests {
             ]
         );
         let arm: Platform = "linux/arm64".parse().unwrap();
-        assert_eq!(lock.stale_entries(std::slice::from_ref(&a), &[arm.clone()]).len(), 2);
-        assert_eq!(lock.pin(&a, &amd).unwrap().digest(), Some(Digest::of(b"a-amd")));
+        assert_eq!(
+            lock.stale_entries(std::slice::from_ref(&a), std::slice::from_ref(&arm))
+                .len(),
+            2
+        );
+        assert_eq!(
+            lock.pin(&a, &amd).unwrap().digest(),
+            Some(Digest::of(b"a-amd"))
+        );
         assert!(lock.pin(&a, &arm).is_none());
         let pinned_elsewhere = a.with_digest(Digest::of(b"other"));
         assert!(lock.stale_entries(&[pinned_elsewhere], &[amd])[0].contains("the manifest pins"));
@@ -238,7 +262,11 @@ mod tests {
             "x/y:1".into(),
             LockedImage {
                 digest: Digest::of(b"1"),
-                platforms: [("linux/arm64".into(), Digest::of(b"2")), ("linux/amd64".into(), Digest::of(b"3"))].into(),
+                platforms: [
+                    ("linux/arm64".into(), Digest::of(b"2")),
+                    ("linux/amd64".into(), Digest::of(b"3")),
+                ]
+                .into(),
             },
         );
         let bytes = lock.to_bytes();

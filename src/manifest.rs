@@ -459,7 +459,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn at<T>(&self, sp: &Sp<T>, field: impl Into<String>, message: impl Into<String>) -> ManifestError {
+    fn at<T>(
+        &self,
+        sp: &Sp<T>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ManifestError {
         ManifestError {
             file: self.file.to_path_buf(),
             line: sp.referenced.line(),
@@ -479,15 +484,29 @@ impl Ctx<'_> {
     }
     fn reject(&self, r: &Reject, field: &str, why: &str) -> Result<(), ManifestError> {
         match r {
-            Some(sp) => Err(self.at(sp, field, format!("is not supported by i2kit yet ({why}); remove it"))),
+            Some(sp) => Err(self.at(
+                sp,
+                field,
+                format!("is not supported by i2kit yet ({why}); remove it"),
+            )),
             None => Ok(()),
         }
     }
-    fn image(&self, sp: &Option<Sp<String>>, field: &str, at: &Sp<String>) -> Result<ImageRef, ManifestError> {
+    fn image(
+        &self,
+        sp: &Option<Sp<String>>,
+        field: &str,
+        at: &Sp<String>,
+    ) -> Result<ImageRef, ManifestError> {
         match sp {
             None => Err(self.at(at, field, "is missing: every container needs an image")),
-            Some(s) if s.value.trim().is_empty() => Err(self.at(s, field, "is empty: every container needs an image")),
-            Some(s) => s.value.parse().map_err(|e| self.at(s, field, format!("{e}"))),
+            Some(s) if s.value.trim().is_empty() => {
+                Err(self.at(s, field, "is empty: every container needs an image"))
+            }
+            Some(s) => s
+                .value
+                .parse()
+                .map_err(|e| self.at(s, field, format!("{e}"))),
         }
     }
 }
@@ -497,7 +516,8 @@ pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -507,14 +527,22 @@ fn is_dns1123_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
-fn parse_restart(ctx: &Ctx, sp: &Option<Sp<String>>, field: &str) -> Result<RestartPolicy, ManifestError> {
+fn parse_restart(
+    ctx: &Ctx,
+    sp: &Option<Sp<String>>,
+    field: &str,
+) -> Result<RestartPolicy, ManifestError> {
     match sp {
         None => Ok(RestartPolicy::Always),
         Some(s) => match s.value.as_str() {
             "Always" => Ok(RestartPolicy::Always),
             "OnFailure" => Ok(RestartPolicy::OnFailure),
             "Never" => Ok(RestartPolicy::Never),
-            other => Err(ctx.at(s, field, format!("{other:?} is not one of Always, OnFailure, Never"))),
+            other => Err(ctx.at(
+                s,
+                field,
+                format!("{other:?} is not one of Always, OnFailure, Never"),
+            )),
         },
     }
 }
@@ -523,7 +551,11 @@ fn parse_grace(ctx: &Ctx, sp: &Option<Sp<i64>>, field: &str) -> Result<u64, Mani
     match sp {
         None => Ok(DEFAULT_GRACE_SECONDS),
         Some(s) if (0..=86_400).contains(&s.value) => Ok(s.value as u64),
-        Some(s) => Err(ctx.at(s, field, format!("{} is out of range 0..=86400 seconds", s.value))),
+        Some(s) => Err(ctx.at(
+            s,
+            field,
+            format!("{} is out of range 0..=86400 seconds", s.value),
+        )),
     }
 }
 
@@ -531,7 +563,11 @@ fn parse_port(ctx: &Ctx, sp: &Sp<i64>, field: &str) -> Result<u16, ManifestError
     if (1..=65535).contains(&sp.value) {
         Ok(sp.value as u16)
     } else {
-        Err(ctx.at(sp, field, format!("port {} is out of range 1-65535", sp.value)))
+        Err(ctx.at(
+            sp,
+            field,
+            format!("port {} is out of range 1-65535", sp.value),
+        ))
     }
 }
 
@@ -554,12 +590,16 @@ struct RawSettings<'a> {
 }
 
 fn settings(ctx: &Ctx, raw: RawSettings, prefix: &str) -> Result<Settings, ManifestError> {
-    let image = |sp: Option<&Sp<String>>, key: &str, default: &str| -> Result<ImageRef, ManifestError> {
-        match sp {
-            Some(s) => s.value.parse().map_err(|e| ctx.at(s, format!("{prefix}{key}"), format!("{e}"))),
-            None => Ok(default.parse().expect("default references parse")),
-        }
-    };
+    let image =
+        |sp: Option<&Sp<String>>, key: &str, default: &str| -> Result<ImageRef, ManifestError> {
+            match sp {
+                Some(s) => s
+                    .value
+                    .parse()
+                    .map_err(|e| ctx.at(s, format!("{prefix}{key}"), format!("{e}"))),
+                None => Ok(default.parse().expect("default references parse")),
+            }
+        };
     let profile = match raw.profile {
         Some(s) if crate::kernel_profile::profile(&s.value).is_none() => {
             return Err(ctx.at(
@@ -568,7 +608,11 @@ fn settings(ctx: &Ctx, raw: RawSettings, prefix: &str) -> Result<Settings, Manif
                 format!(
                     "unknown kernel profile {:?}; known: {}",
                     s.value,
-                    crate::kernel_profile::PROFILES.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                    crate::kernel_profile::PROFILES
+                        .iter()
+                        .map(|p| p.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
@@ -577,9 +621,16 @@ fn settings(ctx: &Ctx, raw: RawSettings, prefix: &str) -> Result<Settings, Manif
     };
     let platform = match raw.platform {
         Some(s) => {
-            let p: Platform = s.value.parse().map_err(|e| ctx.at(s, format!("{prefix}platform"), format!("{e}")))?;
+            let p: Platform = s
+                .value
+                .parse()
+                .map_err(|e| ctx.at(s, format!("{prefix}platform"), format!("{e}")))?;
             if p.os != "linux" || !matches!(p.architecture.as_str(), "amd64" | "arm64") {
-                return Err(ctx.at(s, format!("{prefix}platform"), "only linux/amd64 and linux/arm64 are supported"));
+                return Err(ctx.at(
+                    s,
+                    format!("{prefix}platform"),
+                    "only linux/amd64 and linux/arm64 are supported",
+                ));
             }
             p
         }
@@ -607,7 +658,13 @@ pub fn parse_manifest(text: &str, file: &Path) -> Result<Pod, ManifestError> {
         let msg = first
             .split_once(": ")
             .map(|(_, rest)| rest)
-            .and_then(|rest| if rest.starts_with("line ") { rest.split_once(": ").map(|x| x.1) } else { Some(rest) })
+            .and_then(|rest| {
+                if rest.starts_with("line ") {
+                    rest.split_once(": ").map(|x| x.1)
+                } else {
+                    Some(rest)
+                }
+            })
             .unwrap_or(first);
         ManifestError {
             file: file.to_path_buf(),
@@ -641,33 +698,75 @@ pub fn load_manifest(path: &Path) -> Result<Pod, ManifestError> {
 
 fn from_k8s(ctx: &Ctx, raw: K8s) -> Result<Pod, ManifestError> {
     if raw.api_version.value != "apps/v1" {
-        return Err(ctx.at(&raw.api_version, "apiVersion", format!("{:?} is not supported; use apps/v1", raw.api_version.value)));
+        return Err(ctx.at(
+            &raw.api_version,
+            "apiVersion",
+            format!("{:?} is not supported; use apps/v1", raw.api_version.value),
+        ));
     }
     if raw.kind.value != "Deployment" {
-        return Err(ctx.at(&raw.kind, "kind", format!("{:?} is not supported; i2kit builds a Deployment", raw.kind.value)));
+        return Err(ctx.at(
+            &raw.kind,
+            "kind",
+            format!(
+                "{:?} is not supported; i2kit builds a Deployment",
+                raw.kind.value
+            ),
+        ));
     }
     let name = raw
         .metadata
         .name
         .as_ref()
         .ok_or_else(|| ctx.nowhere("metadata.name", "is missing"))?;
-    ctx.reject(&raw.metadata.generate_name, "metadata.generateName", "an image needs a fixed name")?;
+    ctx.reject(
+        &raw.metadata.generate_name,
+        "metadata.generateName",
+        "an image needs a fixed name",
+    )?;
     if !is_dns1123_subdomain(&name.value) {
-        return Err(ctx.at(name, "metadata.name", format!("{:?} is not a valid DNS-1123 name (lowercase letters, digits, '-' and '.')", name.value)));
+        return Err(ctx.at(
+            name,
+            "metadata.name",
+            format!(
+                "{:?} is not a valid DNS-1123 name (lowercase letters, digits, '-' and '.')",
+                name.value
+            ),
+        ));
     }
     let spec = raw.spec.template.spec;
     let p = "spec.template.spec";
     for (r, f, why) in [
         (&spec.volumes, "volumes", "volumes"),
         (&spec.init_containers, "initContainers", "init containers"),
-        (&spec.ephemeral_containers, "ephemeralContainers", "ephemeral containers"),
-        (&spec.host_network, "hostNetwork", "the Pod always owns the VM's network"),
+        (
+            &spec.ephemeral_containers,
+            "ephemeralContainers",
+            "ephemeral containers",
+        ),
+        (
+            &spec.host_network,
+            "hostNetwork",
+            "the Pod always owns the VM's network",
+        ),
         (&spec.host_pid, "hostPID", "host namespaces"),
         (&spec.host_ipc, "hostIPC", "host namespaces"),
-        (&spec.share_process_namespace, "shareProcessNamespace", "shared PID namespace"),
-        (&spec.security_context, "securityContext", "pod-level security context; set runAsUser/runAsGroup per container"),
+        (
+            &spec.share_process_namespace,
+            "shareProcessNamespace",
+            "shared PID namespace",
+        ),
+        (
+            &spec.security_context,
+            "securityContext",
+            "pod-level security context; set runAsUser/runAsGroup per container",
+        ),
         (&spec.host_aliases, "hostAliases", "host aliases"),
-        (&spec.dns_config, "dnsConfig", "DNS config; DHCP provides resolvers"),
+        (
+            &spec.dns_config,
+            "dnsConfig",
+            "DNS config; DHCP provides resolvers",
+        ),
         (&spec.subdomain, "subdomain", "subdomains"),
     ] {
         ctx.reject(r, &format!("{p}.{f}"), why)?;
@@ -675,13 +774,21 @@ fn from_k8s(ctx: &Ctx, raw: K8s) -> Result<Pod, ManifestError> {
     let mut warnings = Vec::new();
     let mut containers = Vec::new();
     if spec.containers.value.is_empty() {
-        return Err(ctx.at(&spec.containers, format!("{p}.containers"), "needs at least one container"));
+        return Err(ctx.at(
+            &spec.containers,
+            format!("{p}.containers"),
+            "needs at least one container",
+        ));
     }
     for (i, c) in spec.containers.value.iter().enumerate() {
         let f = format!("{p}.containers[{i}]");
         for (r, name, why) in [
             (&c.lifecycle, "lifecycle", "lifecycle hooks"),
-            (&c.env_from, "envFrom", "environment from ConfigMaps/Secrets"),
+            (
+                &c.env_from,
+                "envFrom",
+                "environment from ConfigMaps/Secrets",
+            ),
             (&c.volume_mounts, "volumeMounts", "volumes"),
             (&c.volume_devices, "volumeDevices", "volumes"),
             (&c.stdin, "stdin", "interactive containers"),
@@ -691,21 +798,47 @@ fn from_k8s(ctx: &Ctx, raw: K8s) -> Result<Pod, ManifestError> {
         }
         let mut env = Vec::new();
         for (j, e) in c.env.iter().enumerate() {
-            ctx.reject(&e.value_from, &format!("{f}.env[{j}].valueFrom"), "valueFrom needs a Kubernetes API server; use value")?;
+            ctx.reject(
+                &e.value_from,
+                &format!("{f}.env[{j}].valueFrom"),
+                "valueFrom needs a Kubernetes API server; use value",
+            )?;
             if e.name.value.is_empty() || e.name.value.contains('=') {
-                return Err(ctx.at(&e.name, format!("{f}.env[{j}].name"), "must be non-empty and contain no '='"));
+                return Err(ctx.at(
+                    &e.name,
+                    format!("{f}.env[{j}].name"),
+                    "must be non-empty and contain no '='",
+                ));
             }
             env.push((e.name.value.clone(), e.value.clone().unwrap_or_default()));
         }
         let mut ports = Vec::new();
         for (j, port) in c.ports.iter().enumerate() {
-            ctx.reject(&port.host_port, &format!("{f}.ports[{j}].hostPort"), "the VM's ports are the Pod's ports")?;
-            ctx.reject(&port.host_ip, &format!("{f}.ports[{j}].hostIP"), "the VM's ports are the Pod's ports")?;
-            let n = parse_port(ctx, &port.container_port, &format!("{f}.ports[{j}].containerPort"))?;
+            ctx.reject(
+                &port.host_port,
+                &format!("{f}.ports[{j}].hostPort"),
+                "the VM's ports are the Pod's ports",
+            )?;
+            ctx.reject(
+                &port.host_ip,
+                &format!("{f}.ports[{j}].hostIP"),
+                "the VM's ports are the Pod's ports",
+            )?;
+            let n = parse_port(
+                ctx,
+                &port.container_port,
+                &format!("{f}.ports[{j}].containerPort"),
+            )?;
             let protocol = match &port.protocol {
                 None => "TCP".to_string(),
                 Some(s) if matches!(s.value.as_str(), "TCP" | "UDP" | "SCTP") => s.value.clone(),
-                Some(s) => return Err(ctx.at(s, format!("{f}.ports[{j}].protocol"), format!("{:?} is not one of TCP, UDP, SCTP", s.value))),
+                Some(s) => {
+                    return Err(ctx.at(
+                        s,
+                        format!("{f}.ports[{j}].protocol"),
+                        format!("{:?} is not one of TCP, UDP, SCTP", s.value),
+                    ));
+                }
             };
             ports.push(PortSpec {
                 container_port: n,
@@ -732,13 +865,37 @@ fn from_k8s(ctx: &Ctx, raw: K8s) -> Result<Pod, ManifestError> {
         }
         let (run_as_user, run_as_group) = match &c.security_context {
             Some(sc) => {
-                ctx.reject(&sc.privileged, &format!("{f}.securityContext.privileged"), "privileged containers")?;
-                ctx.reject(&sc.capabilities, &format!("{f}.securityContext.capabilities"), "capability changes")?;
-                ctx.reject(&sc.read_only_root_filesystem, &format!("{f}.securityContext.readOnlyRootFilesystem"), "read-only root")?;
-                ctx.reject(&sc.allow_privilege_escalation, &format!("{f}.securityContext.allowPrivilegeEscalation"), "no_new_privs control")?;
+                ctx.reject(
+                    &sc.privileged,
+                    &format!("{f}.securityContext.privileged"),
+                    "privileged containers",
+                )?;
+                ctx.reject(
+                    &sc.capabilities,
+                    &format!("{f}.securityContext.capabilities"),
+                    "capability changes",
+                )?;
+                ctx.reject(
+                    &sc.read_only_root_filesystem,
+                    &format!("{f}.securityContext.readOnlyRootFilesystem"),
+                    "read-only root",
+                )?;
+                ctx.reject(
+                    &sc.allow_privilege_escalation,
+                    &format!("{f}.securityContext.allowPrivilegeEscalation"),
+                    "no_new_privs control",
+                )?;
                 (
-                    parse_id(ctx, &sc.run_as_user, &format!("{f}.securityContext.runAsUser"))?,
-                    parse_id(ctx, &sc.run_as_group, &format!("{f}.securityContext.runAsGroup"))?,
+                    parse_id(
+                        ctx,
+                        &sc.run_as_user,
+                        &format!("{f}.securityContext.runAsUser"),
+                    )?,
+                    parse_id(
+                        ctx,
+                        &sc.run_as_group,
+                        &format!("{f}.securityContext.runAsGroup"),
+                    )?,
                 )
             }
             None => (None, None),
@@ -764,7 +921,10 @@ fn from_k8s(ctx: &Ctx, raw: K8s) -> Result<Pod, ManifestError> {
     let get = |k: &str| ann.get(&format!("i2kit.dev/{k}"));
     for (k, v) in ann {
         if let Some(key) = k.strip_prefix("i2kit.dev/")
-            && !["kernel", "init", "stub", "cmdline", "profile", "modules", "platform"].contains(&key)
+            && ![
+                "kernel", "init", "stub", "cmdline", "profile", "modules", "platform",
+            ]
+            .contains(&key)
         {
             return Err(ctx.at(v, format!("metadata.annotations.{k}"), "unknown i2kit setting; known: kernel, init, stub, cmdline, profile, modules, platform"));
         }
@@ -777,14 +937,24 @@ fn from_k8s(ctx: &Ctx, raw: K8s) -> Result<Pod, ManifestError> {
             stub: get("stub"),
             cmdline: get("cmdline").map(|s| s.value.clone()),
             profile: get("profile"),
-            modules: get("modules").map(|s| s.value.split([',', ' ']).filter(|m| !m.is_empty()).map(String::from).collect()),
+            modules: get("modules").map(|s| {
+                s.value
+                    .split([',', ' '])
+                    .filter(|m| !m.is_empty())
+                    .map(String::from)
+                    .collect()
+            }),
             platform: get("platform"),
         },
         "metadata.annotations.i2kit.dev/",
     )?;
     let hostname = match &spec.hostname {
         Some(h) if !is_dns1123_label(&h.value) => {
-            return Err(ctx.at(h, format!("{p}.hostname"), format!("{:?} is not a valid DNS-1123 label", h.value)));
+            return Err(ctx.at(
+                h,
+                format!("{p}.hostname"),
+                format!("{:?} is not a valid DNS-1123 label", h.value),
+            ));
         }
         Some(h) => h.value.clone(),
         None => name.value.clone(),
@@ -797,14 +967,22 @@ fn from_k8s(ctx: &Ctx, raw: K8s) -> Result<Pod, ManifestError> {
         labels,
         containers,
         restart_policy: parse_restart(ctx, &spec.restart_policy, &format!("{p}.restartPolicy"))?,
-        termination_grace_period_seconds: parse_grace(ctx, &spec.termination_grace_period_seconds, &format!("{p}.terminationGracePeriodSeconds"))?,
+        termination_grace_period_seconds: parse_grace(
+            ctx,
+            &spec.termination_grace_period_seconds,
+            &format!("{p}.terminationGracePeriodSeconds"),
+        )?,
         hostname,
         settings,
         warnings,
     })
 }
 
-fn check_names(ctx: &Ctx, containers: Vec<(&Sp<String>, ContainerSpec)>, field: &str) -> Result<Vec<ContainerSpec>, ManifestError> {
+fn check_names(
+    ctx: &Ctx,
+    containers: Vec<(&Sp<String>, ContainerSpec)>,
+    field: &str,
+) -> Result<Vec<ContainerSpec>, ManifestError> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for (i, (sp, c)) in containers.into_iter().enumerate() {
@@ -812,7 +990,11 @@ fn check_names(ctx: &Ctx, containers: Vec<(&Sp<String>, ContainerSpec)>, field: 
             return Err(ctx.at(sp, format!("{field}[{i}].name"), format!("{:?} is not a valid DNS-1123 label (≤ 63 lowercase letters, digits or '-', alphanumeric at both ends)", c.name)));
         }
         if !seen.insert(c.name.clone()) {
-            return Err(ctx.at(sp, format!("{field}[{i}].name"), format!("duplicate container name {:?}", c.name)));
+            return Err(ctx.at(
+                sp,
+                format!("{field}[{i}].name"),
+                format!("duplicate container name {:?}", c.name),
+            ));
         }
         out.push(c);
     }
@@ -821,10 +1003,21 @@ fn check_names(ctx: &Ctx, containers: Vec<(&Sp<String>, ContainerSpec)>, field: 
 
 fn from_compact(ctx: &Ctx, raw: Compact) -> Result<Pod, ManifestError> {
     if !is_dns1123_subdomain(&raw.name.value) {
-        return Err(ctx.at(&raw.name, "name", format!("{:?} is not a valid DNS-1123 name (lowercase letters, digits, '-' and '.')", raw.name.value)));
+        return Err(ctx.at(
+            &raw.name,
+            "name",
+            format!(
+                "{:?} is not a valid DNS-1123 name (lowercase letters, digits, '-' and '.')",
+                raw.name.value
+            ),
+        ));
     }
     if raw.containers.value.is_empty() {
-        return Err(ctx.at(&raw.containers, "containers", "needs at least one container"));
+        return Err(ctx.at(
+            &raw.containers,
+            "containers",
+            "needs at least one container",
+        ));
     }
     // Compact containers are a YAML mapping: order them by name, which is also
     // what a reader sees sorted; duplicate keys are a YAML error already.
@@ -845,7 +1038,13 @@ fn from_compact(ctx: &Ctx, raw: Compact) -> Result<Pod, ManifestError> {
         for (j, e) in c.value.environment.iter().enumerate() {
             match e.value.split_once('=') {
                 Some((k, v)) if !k.is_empty() => env.push((k.to_string(), v.to_string())),
-                _ => return Err(ctx.at(e, format!("{f}.environment[{j}]"), format!("{:?} is not KEY=VALUE", e.value))),
+                _ => {
+                    return Err(ctx.at(
+                        e,
+                        format!("{f}.environment[{j}]"),
+                        format!("{:?} is not KEY=VALUE", e.value),
+                    ));
+                }
             }
         }
         let ports = c
@@ -864,7 +1063,9 @@ fn from_compact(ctx: &Ctx, raw: Compact) -> Result<Pod, ManifestError> {
         let command = match &c.value.command {
             None => None,
             // A string is Docker's shell form.
-            Some(Command::Shell(s)) => Some(vec!["/bin/sh".to_string(), "-c".to_string(), s.clone()]),
+            Some(Command::Shell(s)) => {
+                Some(vec!["/bin/sh".to_string(), "-c".to_string(), s.clone()])
+            }
             Some(Command::Argv(v)) => Some(v.clone()),
         };
         containers.push((
@@ -904,7 +1105,11 @@ fn from_compact(ctx: &Ctx, raw: Compact) -> Result<Pod, ManifestError> {
         replicas: raw.replicas.unwrap_or(1),
         labels: BTreeMap::new(),
         containers,
-        restart_policy: parse_restart(ctx, s.map_or(&none, |s| &s.restart_policy), "i2kit.restart_policy")?,
+        restart_policy: parse_restart(
+            ctx,
+            s.map_or(&none, |s| &s.restart_policy),
+            "i2kit.restart_policy",
+        )?,
         termination_grace_period_seconds: parse_grace(
             ctx,
             s.map_or(&None, |s| &s.termination_grace_period_seconds),

@@ -88,7 +88,11 @@ pub struct Platform {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// OS version (Windows).
-    #[serde(default, rename = "os.version", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "os.version",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
 }
 
@@ -101,7 +105,8 @@ impl std::str::FromStr for Platform {
     type Err = PlatformError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let ok =
+            |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| ok(p)) {
             return Err(PlatformError(s.to_string()));
         }
@@ -195,7 +200,7 @@ pub struct Index {
 #[derive(Clone, Debug)]
 pub enum ManifestDoc {
     /// A single-platform image.
-    Image(Manifest),
+    Image(Box<Manifest>),
     /// An index of platform images.
     Index(Index),
 }
@@ -240,7 +245,11 @@ struct Probe {
 
 impl ManifestDoc {
     /// Parse manifest bytes; `content_type` is what the source said (may be empty).
-    pub fn parse(what: &str, content_type: &str, bytes: &[u8]) -> Result<ManifestDoc, ManifestError> {
+    pub fn parse(
+        what: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> Result<ManifestDoc, ManifestError> {
         let malformed = |source| ManifestError::Malformed {
             what: what.to_string(),
             source,
@@ -270,9 +279,13 @@ impl ManifestDoc {
             }
         };
         if is_index {
-            Ok(ManifestDoc::Index(serde_json::from_slice(bytes).map_err(malformed)?))
+            Ok(ManifestDoc::Index(
+                serde_json::from_slice(bytes).map_err(malformed)?,
+            ))
         } else {
-            Ok(ManifestDoc::Image(serde_json::from_slice(bytes).map_err(malformed)?))
+            Ok(ManifestDoc::Image(Box::new(
+                serde_json::from_slice(bytes).map_err(malformed)?,
+            )))
         }
     }
 
@@ -364,9 +377,11 @@ mod tests {
 
     #[test]
     fn schema1_is_rejected_with_advice() {
-        let e = ManifestDoc::parse("x", "", br#"{"schemaVersion":1,"name":"a","fsLayers":[]}"#).unwrap_err();
+        let e = ManifestDoc::parse("x", "", br#"{"schemaVersion":1,"name":"a","fsLayers":[]}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("schema 1"), "{e}");
-        let e = ManifestDoc::parse("x", DOCKER_SCHEMA1_SIGNED, br#"{"schemaVersion":1}"#).unwrap_err();
+        let e =
+            ManifestDoc::parse("x", DOCKER_SCHEMA1_SIGNED, br#"{"schemaVersion":1}"#).unwrap_err();
         assert!(matches!(e, ManifestError::Schema1(_)));
     }
 
@@ -376,9 +391,15 @@ mod tests {
         let m = format!(
             r#"{{"schemaVersion":2,"config":{{"mediaType":"{OCI_CONFIG}","digest":"{d}","size":1}},"layers":[]}}"#
         );
-        assert!(matches!(ManifestDoc::parse("m", "", m.as_bytes()).unwrap(), ManifestDoc::Image(_)));
+        assert!(matches!(
+            ManifestDoc::parse("m", "", m.as_bytes()).unwrap(),
+            ManifestDoc::Image(_)
+        ));
         let i = r#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(matches!(ManifestDoc::parse("i", "", i.as_bytes()).unwrap(), ManifestDoc::Index(_)));
+        assert!(matches!(
+            ManifestDoc::parse("i", "", i.as_bytes()).unwrap(),
+            ManifestDoc::Index(_)
+        ));
         let bad = r#"{"schemaVersion":2,"mediaType":"text/plain"}"#;
         assert!(matches!(
             ManifestDoc::parse("b", "", bad.as_bytes()),

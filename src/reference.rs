@@ -112,7 +112,10 @@ fn check_registry(input: &str, host: &str) -> Result<(), ReferenceError> {
             return Err(err(input, format!("registry {host:?} has an unclosed '['")));
         };
         if addr.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(err(input, format!("registry {host:?} is not a valid IPv6 address")));
+            return Err(err(
+                input,
+                format!("registry {host:?} is not a valid IPv6 address"),
+            ));
         }
         match after {
             "" => return Ok(()),
@@ -137,12 +140,17 @@ fn check_registry(input: &str, host: &str) -> Result<(), ReferenceError> {
         let ok = !name.is_empty()
             && name.split('.').all(|label| {
                 !label.is_empty()
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                     && !label.starts_with('-')
                     && !label.ends_with('-')
             });
         if !ok {
-            return Err(err(input, format!("registry host {name:?} is not a valid host name")));
+            return Err(err(
+                input,
+                format!("registry host {name:?} is not a valid host name"),
+            ));
         }
     }
     Ok(())
@@ -161,7 +169,10 @@ impl FromStr for ImageRef {
 
 fn parse_layout(input: &str, rest: &str) -> Result<LayoutRef, ReferenceError> {
     if rest.is_empty() {
-        return Err(err(input, "oci: needs a directory path, as in oci:PATH[:tag]"));
+        return Err(err(
+            input,
+            "oci: needs a directory path, as in oci:PATH[:tag]",
+        ));
     }
     // skopeo splits PATH and tag at a colon; a tag never holds '/', a path usually does.
     let (path, tag) = match rest.rsplit_once(':') {
@@ -169,7 +180,9 @@ fn parse_layout(input: &str, rest: &str) -> Result<LayoutRef, ReferenceError> {
             if !valid_tag(t) {
                 return Err(err(
                     input,
-                    format!("tag {t:?} must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'"),
+                    format!(
+                        "tag {t:?} must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'"
+                    ),
                 ));
             }
             (p, Some(t.to_string()))
@@ -208,7 +221,9 @@ fn parse_registry(input: &str) -> Result<RegistryRef, ReferenceError> {
             if !valid_tag(t) {
                 return Err(err(
                     input,
-                    format!("tag {t:?} must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'"),
+                    format!(
+                        "tag {t:?} must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'"
+                    ),
                 ));
             }
             (n, Some(t.to_string()))
@@ -221,7 +236,10 @@ fn parse_registry(input: &str) -> Result<RegistryRef, ReferenceError> {
     let mut parts: Vec<&str> = name.split('/').collect();
     let first = parts[0];
     let has_registry = parts.len() > 1
-        && (first.contains('.') || first.contains(':') || first == "localhost" || first.starts_with('['));
+        && (first.contains('.')
+            || first.contains(':')
+            || first == "localhost"
+            || first.starts_with('['));
     let registry = if has_registry {
         check_registry(input, first)?;
         parts.remove(0);
@@ -253,7 +271,10 @@ fn parse_registry(input: &str) -> Result<RegistryRef, ReferenceError> {
         repository = format!("library/{repository}");
     }
     if repository.len() > 255 {
-        return Err(err(input, "the repository name is longer than 255 characters"));
+        return Err(err(
+            input,
+            "the repository name is longer than 255 characters",
+        ));
     }
     let tag = match (&tag, &digest) {
         (None, None) => Some("latest".to_string()),
@@ -353,8 +374,10 @@ impl RegistryRef {
     pub fn is_loopback(&self) -> bool {
         let h = self.host();
         h == "localhost"
-            || h.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
-            || h.parse::<std::net::Ipv6Addr>().is_ok_and(|a| a.is_loopback())
+            || h.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| a.is_loopback())
+            || h.parse::<std::net::Ipv6Addr>()
+                .is_ok_and(|a| a.is_loopback())
     }
 }
 
@@ -382,7 +405,10 @@ mod tests {
             ("localhost:5000/a/b/c:t", "localhost:5000/a/b/c:t"),
             ("127.0.0.1:5000/app:1.0", "127.0.0.1:5000/app:1.0"),
             ("[::1]:5000/app", "[::1]:5000/app:latest"),
-            ("ghcr.io/org/my_app__x.y-z:v1.2-rc_3", "ghcr.io/org/my_app__x.y-z:v1.2-rc_3"),
+            (
+                "ghcr.io/org/my_app__x.y-z:v1.2-rc_3",
+                "ghcr.io/org/my_app__x.y-z:v1.2-rc_3",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(reg(input).to_string(), want, "input {input}");
@@ -415,7 +441,10 @@ mod tests {
         ];
         for (input, part) in cases {
             let e = input.parse::<ImageRef>().unwrap_err();
-            assert!(e.to_string().contains(part), "{input:?} → {e} (wanted {part:?})");
+            assert!(
+                e.to_string().contains(part),
+                "{input:?} → {e} (wanted {part:?})"
+            );
         }
     }
 

@@ -10,8 +10,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::client::BlobResponse;
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
 
@@ -119,7 +119,10 @@ enum Attempt<T> {
 
 impl Registry {
     /// A client for the given registries; loopback ones and `opts.insecure` use HTTP.
-    pub fn new<'a>(opts: &RegistryOptions, refs: impl IntoIterator<Item = &'a RegistryRef>) -> Registry {
+    pub fn new<'a>(
+        opts: &RegistryOptions,
+        refs: impl IntoIterator<Item = &'a RegistryRef>,
+    ) -> Registry {
         let mut plain: Vec<String> = opts.insecure.clone();
         for r in refs {
             if r.is_loopback() {
@@ -145,9 +148,19 @@ impl Registry {
 
     fn oci_ref(r: &RegistryRef) -> oci_client::Reference {
         match (&r.tag, &r.digest) {
-            (_, Some(d)) => oci_client::Reference::with_digest(r.registry.clone(), r.repository.clone(), d.to_string()),
-            (Some(t), None) => oci_client::Reference::with_tag(r.registry.clone(), r.repository.clone(), t.clone()),
-            (None, None) => oci_client::Reference::with_tag(r.registry.clone(), r.repository.clone(), "latest".into()),
+            (_, Some(d)) => oci_client::Reference::with_digest(
+                r.registry.clone(),
+                r.repository.clone(),
+                d.to_string(),
+            ),
+            (Some(t), None) => {
+                oci_client::Reference::with_tag(r.registry.clone(), r.repository.clone(), t.clone())
+            }
+            (None, None) => oci_client::Reference::with_tag(
+                r.registry.clone(),
+                r.repository.clone(),
+                "latest".into(),
+            ),
         }
     }
 
@@ -178,11 +191,16 @@ impl Registry {
                     detail: "config.json holds an identity token, which i2kit cannot exchange; log in with a username and password or token".into(),
                 });
             }
-            Err(E::NoCredentialConfigured | E::ConfigNotFound | E::ConfigReadError) => RegistryAuth::Anonymous,
+            Err(E::NoCredentialConfigured | E::ConfigNotFound | E::ConfigReadError) => {
+                RegistryAuth::Anonymous
+            }
             Err(E::HelperFailure { helper, stderr, .. }) => {
                 return Err(RegistryError::Credentials {
                     registry: registry.to_string(),
-                    detail: format!("credential helper docker-credential-{helper} failed: {}", stderr.trim()),
+                    detail: format!(
+                        "credential helper docker-credential-{helper} failed: {}",
+                        stderr.trim()
+                    ),
                 });
             }
             Err(e) => {
@@ -192,7 +210,10 @@ impl Registry {
                 });
             }
         };
-        self.auth.lock().await.insert(registry.to_string(), auth.clone());
+        self.auth
+            .lock()
+            .await
+            .insert(registry.to_string(), auth.clone());
         Ok(auth)
     }
 
@@ -206,7 +227,11 @@ impl Registry {
         let auth = self.credentials(&r.registry).await?;
         let oref = Self::oci_ref(r);
         retrying(&r.registry, "authentication", || async {
-            match self.client.auth(&oref, &auth, RegistryOperation::Pull).await {
+            match self
+                .client
+                .auth(&oref, &auth, RegistryOperation::Pull)
+                .await
+            {
                 Ok(_) => Attempt::Done(()),
                 Err(e) => classify(&r.registry, "authentication", &auth, e),
             }
@@ -218,13 +243,20 @@ impl Registry {
 
     /// Fetch a manifest (or index) by tag or digest; returns its bytes and digest.
     /// A pinned digest is checked against the bytes.
-    pub async fn fetch_manifest(&self, r: &RegistryRef) -> Result<(Vec<u8>, Digest), RegistryError> {
+    pub async fn fetch_manifest(
+        &self,
+        r: &RegistryRef,
+    ) -> Result<(Vec<u8>, Digest), RegistryError> {
         self.authorise(r).await?;
         let auth = self.credentials(&r.registry).await?;
         let oref = Self::oci_ref(r);
         let what = format!("manifest {r}");
         let bytes = retrying(&r.registry, &what, || async {
-            match self.client.pull_manifest_raw(&oref, &auth, ACCEPTED_MANIFESTS).await {
+            match self
+                .client
+                .pull_manifest_raw(&oref, &auth, ACCEPTED_MANIFESTS)
+                .await
+            {
                 Ok((bytes, _)) => Attempt::Done(bytes),
                 Err(e) => classify(&r.registry, &what, &auth, e),
             }
@@ -269,7 +301,10 @@ impl Registry {
         let mut w = store.blob_writer(&what, desc.digest, Some(desc.size))?;
         let mut backoff = Backoff::new();
         loop {
-            match self.blob_attempt(&oref, &layer, &mut w, store, &what, &auth, progress).await {
+            match self
+                .blob_attempt(&oref, &layer, &mut w, store, &what, &auth, progress)
+                .await
+            {
                 Attempt::Done(()) => break,
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry(why) => backoff.wait(&r.registry, &what, why).await?,
@@ -294,7 +329,10 @@ impl Registry {
         let registry = oref.registry();
         let digest = w.expected();
         let offset = w.written();
-        let resp = self.client.pull_blob_stream_partial(oref, layer, offset, None).await;
+        let resp = self
+            .client
+            .pull_blob_stream_partial(oref, layer, offset, None)
+            .await;
         let mut stream = match resp {
             Ok(BlobResponse::Full(s)) => {
                 if offset > 0 {
@@ -327,7 +365,10 @@ impl Registry {
                 // same bytes, and its commit reports both digests.
                 Err(e) if is_digest_error(&e) => break,
                 Err(e) => {
-                    return Attempt::Retry(format!("connection lost after {} bytes: {e}", w.written()));
+                    return Attempt::Retry(format!(
+                        "connection lost after {} bytes: {e}",
+                        w.written()
+                    ));
                 }
             }
         }
@@ -368,8 +409,11 @@ impl Backoff {
 }
 
 fn is_digest_error(e: &std::io::Error) -> bool {
-    e.get_ref()
-        .is_some_and(|inner| inner.downcast_ref::<oci_client::errors::DigestError>().is_some())
+    e.get_ref().is_some_and(|inner| {
+        inner
+            .downcast_ref::<oci_client::errors::DigestError>()
+            .is_some()
+    })
 }
 
 async fn retrying<T, F, Fut>(registry: &str, what: &str, mut op: F) -> Result<T, RegistryError>
@@ -388,9 +432,16 @@ where
 }
 
 /// Sort an oci-client error into retry / fail, with a message that names the registry.
-fn classify<T>(registry: &str, what: &str, auth: &RegistryAuth, e: OciDistributionError) -> Attempt<T> {
+fn classify<T>(
+    registry: &str,
+    what: &str,
+    auth: &RegistryAuth,
+    e: OciDistributionError,
+) -> Attempt<T> {
     let creds = match auth {
-        RegistryAuth::Anonymous => "no credentials are configured for it (docker login, or $DOCKER_CONFIG/config.json)",
+        RegistryAuth::Anonymous => {
+            "no credentials are configured for it (docker login, or $DOCKER_CONFIG/config.json)"
+        }
         _ => "the credentials from Docker's config.json were refused",
     };
     let auth_err = |detail: String| {
@@ -400,9 +451,8 @@ fn classify<T>(registry: &str, what: &str, auth: &RegistryAuth, e: OciDistributi
         })
     };
     match e {
-        OciDistributionError::AuthenticationFailure(_) | OciDistributionError::UnauthorizedError { .. } => {
-            auth_err(creds.to_string())
-        }
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => auth_err(creds.to_string()),
         OciDistributionError::RegistryError { envelope, .. } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
             let detail = envelope
@@ -411,7 +461,10 @@ fn classify<T>(registry: &str, what: &str, auth: &RegistryAuth, e: OciDistributi
                 .map(|e| format!("{:?}: {}", e.code, e.message))
                 .collect::<Vec<_>>()
                 .join("; ");
-            if codes.iter().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
+            if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
+            {
                 Attempt::Retry(detail)
             } else if codes
                 .iter()
@@ -461,7 +514,12 @@ fn classify<T>(registry: &str, what: &str, auth: &RegistryAuth, e: OciDistributi
         }
         OciDistributionError::RequestError(re) => {
             let detail = error_chain(&re);
-            if re.is_connect() || re.is_timeout() || re.is_request() || re.is_body() || re.is_decode() {
+            if re.is_connect()
+                || re.is_timeout()
+                || re.is_request()
+                || re.is_body()
+                || re.is_decode()
+            {
                 Attempt::Retry(detail)
             } else {
                 Attempt::Fail(RegistryError::Failed {

@@ -35,7 +35,9 @@ pub enum StoreError {
         source: io::Error,
     },
     /// Content did not hash to what it was announced as.
-    #[error("digest mismatch for {what}: expected {expected}, got {actual} ({size} bytes); the blob was not stored")]
+    #[error(
+        "digest mismatch for {what}: expected {expected}, got {actual} ({size} bytes); the blob was not stored"
+    )]
     DigestMismatch {
         /// What was being stored.
         what: String,
@@ -105,7 +107,11 @@ impl Store {
     /// The store location from the environment: `$I2KIT_STORE`, else
     /// `$XDG_CACHE_HOME/i2kit/store`, else `~/.cache/i2kit/store`.
     pub fn default_root() -> Result<PathBuf> {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         if let Some(p) = var("I2KIT_STORE") {
             return Ok(p);
         }
@@ -130,7 +136,10 @@ impl Store {
                         path: root.clone(),
                         problem: format!("oci-layout is not JSON: {e}"),
                     })?;
-                if v.get("imageLayoutVersion").and_then(|x| x.as_str()).is_none() {
+                if v.get("imageLayoutVersion")
+                    .and_then(|x| x.as_str())
+                    .is_none()
+                {
                     return Err(StoreError::NotALayout {
                         path: root,
                         problem: "oci-layout has no imageLayoutVersion".into(),
@@ -217,7 +226,12 @@ impl Store {
     }
 
     /// Start writing a blob whose digest (and size, when known) is announced.
-    pub fn blob_writer(&self, what: &str, expected: Digest, size: Option<u64>) -> Result<BlobWriter> {
+    pub fn blob_writer(
+        &self,
+        what: &str,
+        expected: Digest,
+        size: Option<u64>,
+    ) -> Result<BlobWriter> {
         let tmp = tempfile::Builder::new()
             .prefix(&format!("{}-", &expected.hex()[..16]))
             .tempfile_in(self.ingest_dir())
@@ -378,8 +392,12 @@ impl Store {
     /// Children of an index that were never pulled (other platforms) are not "missing".
     fn reachable(&self) -> Result<Reach> {
         let mut reach = Reach::default();
-        let mut todo: Vec<(Descriptor, bool)> =
-            self.index()?.manifests.into_iter().map(|d| (d, true)).collect();
+        let mut todo: Vec<(Descriptor, bool)> = self
+            .index()?
+            .manifests
+            .into_iter()
+            .map(|d| (d, true))
+            .collect();
         while let Some((d, required)) = todo.pop() {
             if !reach.seen.insert(d.digest) {
                 continue;
@@ -483,9 +501,11 @@ fn hash_file(path: &Path) -> Result<(Digest, u64)> {
 /// Write a file atomically: a temporary file in `tmp_dir`, then rename over `dest`.
 pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
     fs::create_dir_all(tmp_dir).map_err(io_err("create directory", tmp_dir))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(io_err("create temporary file in", tmp_dir))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir)
+        .map_err(io_err("create temporary file in", tmp_dir))?;
     tmp.write_all(bytes).map_err(io_err("write", tmp.path()))?;
-    tmp.persist(dest).map_err(|e| io_err("rename into", dest)(e.error))?;
+    tmp.persist(dest)
+        .map_err(|e| io_err("rename into", dest)(e.error))?;
     Ok(())
 }
 
@@ -626,14 +646,29 @@ mod tests {
         assert_eq!(d, good);
         assert_eq!(store.read_blob(&good).unwrap(), b"hello");
 
-        let e = store.put_bytes("t", b"evil", Some(Digest::of(b"x"))).unwrap_err();
+        let e = store
+            .put_bytes("t", b"evil", Some(Digest::of(b"x")))
+            .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains(&Digest::of(b"x").to_string()) && msg.contains(&Digest::of(b"evil").to_string()), "{msg}");
+        assert!(
+            msg.contains(&Digest::of(b"x").to_string())
+                && msg.contains(&Digest::of(b"evil").to_string()),
+            "{msg}"
+        );
         assert!(!store.has_blob(&Digest::of(b"x"), None));
-        assert_eq!(fs::read_dir(store.ingest_dir()).unwrap().count(), 0, "temp file removed");
+        assert_eq!(
+            fs::read_dir(store.ingest_dir()).unwrap().count(),
+            0,
+            "temp file removed"
+        );
 
-        let mut w = store.blob_writer("big", Digest::of(b"ab"), Some(2)).unwrap();
-        assert!(w.write_all(b"abc").is_err(), "writing past the announced size fails");
+        let mut w = store
+            .blob_writer("big", Digest::of(b"ab"), Some(2))
+            .unwrap();
+        assert!(
+            w.write_all(b"abc").is_err(),
+            "writing past the announced size fails"
+        );
         drop(w);
         assert_eq!(fs::read_dir(store.ingest_dir()).unwrap().count(), 0);
     }
@@ -642,7 +677,10 @@ mod tests {
     fn refuses_a_non_layout_directory() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("file"), b"x").unwrap();
-        assert!(matches!(Store::open(dir.path()), Err(StoreError::NotALayout { .. })));
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::NotALayout { .. })
+        ));
     }
 
     #[test]
@@ -662,7 +700,10 @@ mod tests {
         .unwrap();
         let m = store.put_bytes("manifest", &manifest, None).unwrap();
         store
-            .set_ref("example/app:1", Descriptor::new(oci::OCI_MANIFEST, m, manifest.len() as u64))
+            .set_ref(
+                "example/app:1",
+                Descriptor::new(oci::OCI_MANIFEST, m, manifest.len() as u64),
+            )
             .unwrap();
         let orphan = store.put_bytes("orphan", b"orphan", None).unwrap();
         assert!(store.verify(2).unwrap().is_ok());

@@ -37,7 +37,8 @@ pub fn run(cli: &Cli, a: &Args) -> anyhow::Result<ExitCode> {
     let path = lock_path(&a.manifest);
     let refs: Vec<_> = pod.image_refs().into_iter().map(|(_, r)| r).collect();
     if a.check {
-        let lock = LockFile::load(&path)?.ok_or_else(|| i2kit::lock::LockError::Missing(path.clone()))?;
+        let lock =
+            LockFile::load(&path)?.ok_or_else(|| i2kit::lock::LockError::Missing(path.clone()))?;
         lock.check(&path, &refs, &platforms)?;
         println!("{} is up to date", path.display());
         return Ok(ExitCode::SUCCESS);
@@ -69,7 +70,12 @@ pub fn run(cli: &Cli, a: &Args) -> anyhow::Result<ExitCode> {
     if a.json {
         print!("{}", String::from_utf8_lossy(&lock.to_bytes()));
     } else {
-        eprintln!("wrote {} ({} images, {} platform(s))", path.display(), lock.images.len(), platforms.len());
+        eprintln!(
+            "wrote {} ({} images, {} platform(s))",
+            path.display(),
+            lock.images.len(),
+            platforms.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -71,7 +71,8 @@ impl Cli {
             Some(p) => p.clone(),
             None => i2kit::store::Store::default_root()?,
         };
-        i2kit::store::Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))
+        i2kit::store::Store::open(&root)
+            .with_context(|| format!("opening the store at {}", root.display()))
     }
 }
 

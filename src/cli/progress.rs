@@ -15,9 +15,11 @@ pub fn sink(json: bool) -> (EventSink, Option<ProgressBar>) {
     if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_message("pulling");
         let b = bar.clone();
@@ -32,7 +34,9 @@ pub fn sink(json: bool) -> (EventSink, Option<ProgressBar>) {
     } else {
         let sink: EventSink = Arc::new(|e: &Event| match e {
             Event::BlobStart { digest, size } => eprintln!("fetching {digest} ({size} bytes)"),
-            Event::BlobReset { digest, offset } => eprintln!("retrying {digest} from byte {offset}"),
+            Event::BlobReset { digest, offset } => {
+                eprintln!("retrying {digest} from byte {offset}")
+            }
             _ => {}
         });
         (sink, None)

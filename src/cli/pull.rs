@@ -33,7 +33,10 @@ pub fn run(cli: &Cli, a: &Args) -> anyhow::Result<ExitCode> {
     let store = cli.open_store()?;
     let (events, bar) = super::progress::sink(a.json);
     let fetcher = Fetcher::new(store, a.net.fetch_options(), events, &refs);
-    let pairs: Vec<(ImageRef, Platform)> = refs.iter().map(|r| (r.clone(), a.platform.clone())).collect();
+    let pairs: Vec<(ImageRef, Platform)> = refs
+        .iter()
+        .map(|r| (r.clone(), a.platform.clone()))
+        .collect();
     let resolved = super::runtime()?
         .block_on(fetcher.pull(&pairs))
         .context("pull failed")?;

@@ -37,7 +37,12 @@ pub fn run(cli: &Cli, c: &Command) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 for c in &r.corrupt {
-                    println!("corrupt {} (content hashes to {}): {}", c.digest, c.actual, c.path.display());
+                    println!(
+                        "corrupt {} (content hashes to {}): {}",
+                        c.digest,
+                        c.actual,
+                        c.path.display()
+                    );
                 }
                 for m in &r.missing {
                     println!("missing {m}");
@@ -53,7 +58,11 @@ pub fn run(cli: &Cli, c: &Command) -> anyhow::Result<ExitCode> {
                     r.missing.len()
                 );
             }
-            Ok(if r.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if r.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Gc { dry_run, json } => {
             let r = store.gc(*dry_run)?;

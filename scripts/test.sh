@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs every test of i2kit: installs the system packages the tests drive
+# (a real registry, skopeo, ...), then fmt, clippy and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets
