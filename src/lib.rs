@@ -12,6 +12,7 @@
 //! - [`fetch`]: resolve references and bring blobs into the [`store`], from the [`registry`]
 //! - [`store`]: the content-addressed store (an OCI image layout)
 //! - [`digest`], [`oci`]: digests and OCI documents shared by every stage
+//! - [`pack`]: a directory → a deterministic single-layer image
 //! - [`kernel_profile`]: which kernel modules a target needs
 #![deny(missing_docs)]
 
@@ -21,6 +22,7 @@ pub mod kernel_profile;
 pub mod lock;
 pub mod manifest;
 pub mod oci;
+pub mod pack;
 pub mod reference;
 pub mod registry;
 pub mod store;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod image;
 mod lock;
 mod progress;
 mod pull;
@@ -35,6 +36,9 @@ enum Command {
     /// Inspect and maintain the store.
     #[command(subcommand)]
     Store(store::Command),
+    /// Make images: pack a directory as a deterministic OCI image.
+    #[command(subcommand)]
+    Image(image::Command),
 }
 
 /// Registry options shared by every command that talks to registries.
@@ -91,6 +95,7 @@ pub fn main() -> ExitCode {
         Command::Pull(a) => pull::run(&cli, a),
         Command::Lock(a) => lock::run(&cli, a),
         Command::Store(c) => store::run(&cli, c),
+        Command::Image(c) => image::run(c),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,94 @@
+"""Shared helpers for i2kit's end-to-end benchmarks: a throwaway docker-registry,
+a deterministic big OCI image, and timing with peak RSS via /usr/bin/time."""
+import gzip, hashlib, json, os, socket, statistics, subprocess, tempfile, time, zlib
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+class Registry:
+    def __init__(self, root):
+        self.port = free_port()
+        os.makedirs(root, exist_ok=True)
+        cfg = os.path.join(root, "registry.yml")
+        with open(cfg, "w") as f:
+            f.write(f"version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\nhttp:\n  addr: 127.0.0.1:{self.port}\n")
+        self.proc = subprocess.Popen(["docker-registry", "serve", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.1).close(); return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("registry did not start")
+    def host(self): return f"127.0.0.1:{self.port}"
+    def stop(self): self.proc.kill(); self.proc.wait()
+
+def noise(seed, n):
+    """Deterministic incompressible bytes (sha256 in counter mode)."""
+    out = bytearray(); i = 0
+    while len(out) < n:
+        out += hashlib.sha256(f"{seed}:{i}".encode()).digest() * 1; i += 1
+    return bytes(out[:n])
+
+def fast_noise(seed, n):
+    block = noise(seed, 1 << 20)
+    # rotate a 1 MiB random block per MiB: incompressible to gzip's 32 KiB window
+    parts = []
+    for i in range((n + len(block) - 1) // len(block)):
+        k = (i * 7919) % len(block)
+        parts.append(block[k:] + block[:k])
+    return b"".join(parts)[:n]
+
+def tar_layer(files):
+    """files: [(path, bytes)] -> uncompressed tar with fixed metadata (via Python's tarfile)."""
+    import io, tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        dirs = set()
+        for path, data in files:
+            parts = path.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                d = "/".join(parts[:i])
+                if d not in dirs:
+                    dirs.add(d); ti = tarfile.TarInfo(d); ti.type = tarfile.DIRTYPE; ti.mode = 0o755; ti.mtime = 0; t.addfile(ti)
+            ti = tarfile.TarInfo(path); ti.size = len(data); ti.mode = 0o644; ti.mtime = 0
+            t.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+def write_layout(dir, name, layers, arch="amd64", config_extra=None):
+    """layers: list of uncompressed tar bytes; stores them gzip -1 (mtime 0)."""
+    os.makedirs(f"{dir}/blobs/sha256", exist_ok=True)
+    open(f"{dir}/oci-layout", "w").write('{"imageLayoutVersion":"1.0.0"}')
+    def blob(b):
+        d = hashlib.sha256(b).hexdigest()
+        with open(f"{dir}/blobs/sha256/{d}", "wb") as f: f.write(b)
+        return "sha256:" + d, len(b)
+    descs, diffs = [], []
+    for l in layers:
+        gz = gzip.compress(l, compresslevel=1, mtime=0)
+        d, n = blob(gz)
+        descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": n})
+        diffs.append("sha256:" + hashlib.sha256(l).hexdigest())
+    cfg = {"architecture": arch, "os": "linux", "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": diffs}}
+    if config_extra: cfg["config"].update(config_extra)
+    cd, cn = blob(json.dumps(cfg, sort_keys=True).encode())
+    m = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cn}, "layers": descs}
+    md, mn = blob(json.dumps(m, sort_keys=True).encode())
+    idx = {"schemaVersion": 2, "manifests": [{"mediaType": m["mediaType"], "digest": md, "size": mn, "annotations": {"org.opencontainers.image.ref.name": name}}]}
+    open(f"{dir}/index.json", "w").write(json.dumps(idx))
+    return md, sum(x["size"] for x in descs)
+
+def push(layout, name, dest):
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{name}", f"docker://{dest}"], check=True)
+
+def timed(cmd, env=None):
+    """Run cmd under /usr/bin/time; returns (seconds, peak RSS MiB)."""
+    fd, out = tempfile.mkstemp(); os.close(fd)
+    t = time.monotonic()
+    subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out] + cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dt = time.monotonic() - t
+    rss = int(open(out).read().strip().splitlines()[-1]) / 1024
+    os.unlink(out)
+    return dt, rss
+
+def median(xs): return statistics.median(xs)
