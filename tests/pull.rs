@@ -36,6 +36,24 @@ fn fixture() -> Fixture {
     let index = layout.index("multi", &[("amd64", &amd), ("arm64", &arm)]);
     reg.push(&layout.dir, "app", "test/app:1");
     reg.push(&layout.dir, "multi", "test/multi:1");
+    // The same image converted to Docker v2 schema 2 media types.
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--format",
+            "v2s2",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:app", layout.dir.display()))
+        .arg(format!("docker://{}/test/docker:1", reg.host()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Fixture {
         reg,
         tmp,
@@ -115,6 +133,34 @@ fn pull_by_tag_then_by_digest_and_repull_fetches_nothing() {
     // The store passes its own verification.
     let (ok, _, err) = run(&["store", "verify", "--store", &store_arg(&store)]);
     assert!(ok, "{err}");
+}
+
+#[test]
+fn docker_schema2_media_types_work() {
+    let f = fixture();
+    let store = f.tmp.path().join("store");
+    let (ok, out, err) = run(&[
+        "pull",
+        "--store",
+        &store_arg(&store),
+        "--json",
+        &format!("{}/test/docker:1", f.reg.host()),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let m = std::fs::read(
+        store
+            .join("blobs/sha256")
+            .join(&v["manifest"].as_str().unwrap()[7..]),
+    )
+    .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    assert_eq!(
+        m["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(v["layers"].as_array().unwrap().len(), 2);
+    assert!(run(&["store", "verify", "--store", &store_arg(&store)]).0);
 }
 
 #[test]
