@@ -11,11 +11,13 @@
 //! - [`lock`]: `i2kit.lock`, references pinned per platform
 //! - [`fetch`]: resolve references and bring blobs into the [`store`], from the [`registry`]
 //! - [`store`]: the content-addressed store (an OCI image layout)
+//! - [`tree`]: layers applied into an in-memory tree; [`cpio`]: the newc writer
 //! - [`digest`], [`oci`]: digests and OCI documents shared by every stage
 //! - [`pack`]: a directory → a deterministic single-layer image
 //! - [`kernel_profile`]: which kernel modules a target needs
 #![deny(missing_docs)]
 
+pub mod cpio;
 pub mod digest;
 pub mod fetch;
 pub mod kernel_profile;
@@ -26,6 +28,7 @@ pub mod pack;
 pub mod reference;
 pub mod registry;
 pub mod store;
+pub mod tree;
 
 /// i2kit's version, part of every build key.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
