@@ -11,6 +11,7 @@
 //! - [`lock`]: `i2kit.lock`, references pinned per platform
 //! - [`fetch`]: resolve references and bring blobs into the [`store`], from the [`registry`]
 //! - [`store`]: the content-addressed store (an OCI image layout)
+//! - [`layer`]: compressed layers → uncompressed tars in the store
 //! - [`tree`]: layers applied into an in-memory tree; [`cpio`]: the newc writer
 //! - [`digest`], [`oci`]: digests and OCI documents shared by every stage
 //! - [`pack`]: a directory → a deterministic single-layer image
@@ -21,6 +22,7 @@ pub mod cpio;
 pub mod digest;
 pub mod fetch;
 pub mod kernel_profile;
+pub mod layer;
 pub mod lock;
 pub mod manifest;
 pub mod oci;

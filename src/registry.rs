@@ -123,6 +123,8 @@ impl Registry {
         opts: &RegistryOptions,
         refs: impl IntoIterator<Item = &'a RegistryRef>,
     ) -> Registry {
+        // reqwest is built without a default TLS provider (ring, not aws-lc-rs).
+        crate::init_tls();
         let mut plain: Vec<String> = opts.insecure.clone();
         for r in refs {
             if r.is_loopback() {

@@ -128,40 +128,35 @@ impl Store {
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(io_err("create store directory", &root))?;
-        let layout = root.join("oci-layout");
-        match fs::read(&layout) {
-            Ok(bytes) => {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&bytes).map_err(|e| StoreError::NotALayout {
-                        path: root.clone(),
-                        problem: format!("oci-layout is not JSON: {e}"),
-                    })?;
-                if v.get("imageLayoutVersion")
-                    .and_then(|x| x.as_str())
-                    .is_none()
-                {
-                    return Err(StoreError::NotALayout {
-                        path: root,
-                        problem: "oci-layout has no imageLayoutVersion".into(),
-                    });
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let non_empty = fs::read_dir(&root)
-                    .map_err(io_err("read", &root))?
-                    .next()
-                    .is_some();
-                if non_empty {
-                    return Err(StoreError::NotALayout {
-                        path: root,
-                        problem: "the directory is not empty and has no oci-layout file".into(),
-                    });
-                }
-                write_atomic(&root, &layout, OCI_LAYOUT.as_bytes())?;
-            }
-            Err(e) => return Err(io_err("read", &layout)(e)),
-        }
         let store = Store { root };
+        let layout = store.root.join("oci-layout");
+        if !layout.exists() {
+            store.refuse_foreign_directory()?;
+            // Two processes may create the same store at once: serialise on a lock
+            // file inside our private directory, then look again.
+            fs::create_dir_all(store.private_dir())
+                .map_err(io_err("create directory", &store.private_dir()))?;
+            let _g = store.lock("init.lock", true)?;
+            if !layout.exists() {
+                store.refuse_foreign_directory()?;
+                write_atomic(&store.private_dir(), &layout, OCI_LAYOUT.as_bytes())?;
+            }
+        }
+        let bytes = fs::read(&layout).map_err(io_err("read", &layout))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::NotALayout {
+                path: store.root.clone(),
+                problem: format!("oci-layout is not JSON: {e}"),
+            })?;
+        if v.get("imageLayoutVersion")
+            .and_then(|x| x.as_str())
+            .is_none()
+        {
+            return Err(StoreError::NotALayout {
+                path: store.root,
+                problem: "oci-layout has no imageLayoutVersion".into(),
+            });
+        }
         for d in [store.root.join("blobs/sha256"), store.ingest_dir()] {
             fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
         }
@@ -172,6 +167,22 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// A directory without `oci-layout` may only hold our private directory
+    /// (another i2kit process creating the store right now).
+    fn refuse_foreign_directory(&self) -> Result<()> {
+        let others = fs::read_dir(&self.root)
+            .map_err(io_err("read", &self.root))?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name() != ".i2kit");
+        if others {
+            return Err(StoreError::NotALayout {
+                path: self.root.clone(),
+                problem: "the directory is not empty and has no oci-layout file".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The store directory.

@@ -581,6 +581,58 @@ impl Tree {
     }
 }
 
+/// Errors building an image's tree.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageTreeError {
+    /// The config's diff_ids do not match the manifest's layers.
+    #[error("{reference}: the image config lists {diff_ids} diff_ids for {layers} layers")]
+    DiffIds {
+        /// The image.
+        reference: String,
+        /// Count in the config.
+        diff_ids: usize,
+        /// Count in the manifest.
+        layers: usize,
+    },
+    /// A layer could not be inflated.
+    #[error(transparent)]
+    Layer(#[from] crate::layer::LayerError),
+    /// A layer could not be applied.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Apply every layer of a resolved image, base first.
+pub fn image_tree(
+    store: &Store,
+    image: &crate::fetch::ResolvedImage,
+    opts: ApplyOptions,
+) -> Result<Tree, ImageTreeError> {
+    let diff_ids = image
+        .config
+        .rootfs
+        .as_ref()
+        .map(|r| r.diff_ids.clone())
+        .unwrap_or_default();
+    if diff_ids.len() != image.image.layers.len() {
+        return Err(ImageTreeError::DiffIds {
+            reference: image.reference.to_string(),
+            diff_ids: diff_ids.len(),
+            layers: image.image.layers.len(),
+        });
+    }
+    let mut tree = Tree::new();
+    for (desc, diff_id) in image.image.layers.iter().zip(diff_ids) {
+        let blob = crate::layer::uncompressed(store, desc, diff_id)?;
+        let f = io::BufReader::with_capacity(1 << 20, store.open_blob(&blob)?);
+        tree.apply_layer(blob, f, opts)?;
+    }
+    Ok(tree)
+}
+
 fn clamp32(t: u64) -> u32 {
     u32::try_from(t).unwrap_or(u32::MAX)
 }

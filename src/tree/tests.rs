@@ -315,3 +315,53 @@ fn serialisation_is_deterministic_and_prefixable() {
     );
     assert_eq!(ino, 5);
 }
+
+/// pack → oci: layout → fetch into the store → tree: the stages fit together.
+#[test]
+fn tree_of_a_fetched_image() {
+    let f = fx();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::write(root.join("bin/app"), b"binary").unwrap();
+    std::os::unix::fs::symlink("app", root.join("bin/alias")).unwrap();
+    let opts = crate::pack::PackOptions {
+        platform: crate::oci::Platform::linux_amd64(),
+        epoch: 0,
+        entrypoint: None,
+        cmd: None,
+        env: vec![],
+    };
+    crate::pack::pack(&root, &dir.path().join("layout"), "app", &opts).unwrap();
+    let r: crate::reference::ImageRef = format!("oci:{}:app", dir.path().join("layout").display())
+        .parse()
+        .unwrap();
+    let fetcher = crate::fetch::Fetcher::new(
+        f.store.clone(),
+        Default::default(),
+        crate::fetch::no_events(),
+        [&r],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let img = rt
+        .block_on(fetcher.pull(&[(r.clone(), crate::oci::Platform::linux_amd64())]))
+        .unwrap()
+        .remove(0);
+    let t = image_tree(
+        &f.store,
+        &img,
+        ApplyOptions {
+            clamp_mtime: Some(0),
+        },
+    )
+    .unwrap();
+    assert_eq!(paths(&t), ["bin", "bin/alias", "bin/app"]);
+    let cpio = f.cpio(&t);
+    assert!(
+        cpio.windows(6).any(|w| w == b"binary"),
+        "data read back from the store"
+    );
+}
