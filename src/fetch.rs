@@ -315,6 +315,8 @@ impl Fetcher {
         r: &ImageRef,
         platform: &Platform,
     ) -> Result<ResolvedImage, FetchError> {
+        // Blobs written here are linked from index.json only at the end: keep gc out.
+        let _writer = self.store.lock_writer()?;
         let (top_bytes, top_digest) = self.manifest_bytes(r, r.digest()).await?;
         let doc = ManifestDoc::parse(&r.to_string(), "", &top_bytes)?;
         let top = Descriptor::new(doc.media_type(), top_digest, top_bytes.len() as u64);
