@@ -18,6 +18,7 @@
 //! - [`kernel_profile`]: which kernel modules a target needs
 #![deny(missing_docs)]
 
+pub mod compress;
 pub mod cpio;
 pub mod digest;
 pub mod fetch;
@@ -27,6 +28,7 @@ pub mod lock;
 pub mod manifest;
 pub mod oci;
 pub mod pack;
+pub mod pod_spec;
 pub mod reference;
 pub mod registry;
 pub mod store;

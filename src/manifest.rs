@@ -75,6 +75,7 @@ pub enum RestartPolicy {
 
 /// A container port.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PortSpec {
     /// Port number, 1-65535.
     pub container_port: u16,

@@ -329,7 +329,7 @@ impl Registry {
         progress: &dyn BlobProgress,
     ) -> Attempt<()> {
         let registry = oref.registry();
-        let digest = w.expected();
+        let digest = w.expected().expect("registry blobs are announced");
         let offset = w.written();
         let resp = self
             .client

@@ -237,14 +237,20 @@ impl Store {
     }
 
     /// Start writing a blob whose digest (and size, when known) is announced.
-    pub fn blob_writer(
-        &self,
-        what: &str,
-        expected: Digest,
-        size: Option<u64>,
-    ) -> Result<BlobWriter> {
+    pub fn blob_writer(&self, what: &str, expected: Digest, size: Option<u64>) -> Result<BlobWriter> {
+        self.writer(what, Some(expected), size)
+    }
+
+    /// Start writing a blob whose digest is only known at the end (generated
+    /// content); [`BlobWriter::commit`] names it by what it hashed to.
+    pub fn blob_writer_new(&self, what: &str) -> Result<BlobWriter> {
+        self.writer(what, None, None)
+    }
+
+    fn writer(&self, what: &str, expected: Option<Digest>, size: Option<u64>) -> Result<BlobWriter> {
+        let prefix = expected.map_or("new-".to_string(), |e| format!("{}-", &e.hex()[..16]));
         let tmp = tempfile::Builder::new()
-            .prefix(&format!("{}-", &expected.hex()[..16]))
+            .prefix(&prefix)
             .tempfile_in(self.ingest_dir())
             .map_err(io_err("create temporary blob in", &self.ingest_dir()))?;
         Ok(BlobWriter {
@@ -253,7 +259,7 @@ impl Store {
             what: what.to_string(),
             expected,
             size,
-            dest: self.blob_path(&expected),
+            root: self.root.clone(),
         })
     }
 
@@ -265,7 +271,7 @@ impl Store {
             return Ok(actual);
         }
         let mut w = self.blob_writer(what, expected, Some(bytes.len() as u64))?;
-        w.write_all(bytes).map_err(io_err("write", &w.dest))?;
+        w.write_all(bytes).map_err(io_err("write", &self.blob_path(&expected)))?;
         w.commit()
     }
 
@@ -526,9 +532,9 @@ pub struct BlobWriter {
     tmp: tempfile::NamedTempFile,
     hasher: Hasher,
     what: String,
-    expected: Digest,
+    expected: Option<Digest>,
     size: Option<u64>,
-    dest: PathBuf,
+    root: PathBuf,
 }
 
 impl Write for BlobWriter {
@@ -539,8 +545,8 @@ impl Write for BlobWriter {
             && self.hasher.len() + buf.len() as u64 > s
         {
             return Err(io::Error::other(format!(
-                "{} ({}) is larger than its announced {} bytes",
-                self.what, self.expected, s
+                "{} is larger than its announced {} bytes",
+                self.what, s
             )));
         }
         let n = self.tmp.write(buf)?;
@@ -558,8 +564,8 @@ impl BlobWriter {
         self.hasher.len()
     }
 
-    /// The digest the content must have.
-    pub fn expected(&self) -> Digest {
+    /// The digest the content must have (for an announced blob).
+    pub fn expected(&self) -> Option<Digest> {
         self.expected
     }
 
@@ -571,26 +577,28 @@ impl BlobWriter {
     /// Verify digest and size, then move the blob into place.
     pub fn commit(self) -> Result<Digest> {
         let n = self.hasher.len();
+        let actual = self.hasher.finish();
         if let Some(s) = self.size
             && s != n
         {
             return Err(StoreError::SizeMismatch {
                 what: self.what,
-                digest: self.expected,
+                digest: self.expected.unwrap_or(actual),
                 expected: s,
                 actual: n,
             });
         }
-        let actual = self.hasher.finish();
-        if actual != self.expected {
+        if let Some(expected) = self.expected
+            && actual != expected
+        {
             return Err(StoreError::DigestMismatch {
                 what: self.what,
-                expected: self.expected,
+                expected,
                 actual,
                 size: n,
             });
         }
-        let dest = self.dest;
+        let dest = self.root.join("blobs/sha256").join(actual.hex());
         self.tmp
             .persist(&dest)
             .map_err(|e| io_err("rename blob into", &dest)(e.error))?;

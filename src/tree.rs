@@ -267,12 +267,13 @@ impl Tree {
 
     /// Apply one uncompressed layer tar, read from `tar`, whose bytes are the
     /// store blob `blob` (file data is referenced there, not copied).
-    pub fn apply_layer(
-        &mut self,
-        blob: Digest,
-        tar: impl Read,
-        opts: ApplyOptions,
-    ) -> Result<(), TreeError> {
+    pub fn apply_layer(&mut self, blob: Digest, tar: impl Read, opts: ApplyOptions) -> Result<(), TreeError> {
+        self.apply_tar(blob, 0, tar, opts)
+    }
+
+    /// Apply a tar stored at `base` bytes into the store blob `blob` (a tar
+    /// inside an image, such as a kernel image's `/kernel.tar`).
+    pub fn apply_tar(&mut self, blob: Digest, base: u64, tar: impl Read, opts: ApplyOptions) -> Result<(), TreeError> {
         let tar_err = |source| TreeError::Tar {
             layer: blob,
             source,
@@ -344,7 +345,7 @@ impl Tree {
                 tar::EntryType::Directory => Kind::Dir,
                 tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File(Data::Blob {
                     digest: blob,
-                    offset: entry.raw_file_position(),
+                    offset: base + entry.raw_file_position(),
                     len: size,
                 }),
                 tar::EntryType::GNUSparse => {
@@ -431,6 +432,61 @@ impl Tree {
             }
         }
         Ok(())
+    }
+
+    /// Follow symlinks (and hard links) from `path` to a regular file's data.
+    pub fn file_data(&self, path: &str) -> Option<&Data> {
+        let mut p = normalise(path).ok()?;
+        for _ in 0..MAX_SYMLINK_HOPS {
+            p = self.resolve_parent(&p).ok()?;
+            match &self.nodes.get(&p)?.kind {
+                Kind::File(d) => return Some(d),
+                Kind::Hardlink(t) => p = t.clone(),
+                Kind::Symlink(t) if t.starts_with('/') => p = normalise(t).ok()?,
+                Kind::Symlink(t) => {
+                    let (dir, _) = parent_and_name(&p);
+                    p = normalise(&format!("{dir}/{t}")).ok().or_else(|| normalise(t).ok())?;
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// Read a (small) file of the tree, following symlinks; `None` if absent.
+    pub fn read_file(&self, store: &Store, path: &str, limit: u64) -> Result<Option<Vec<u8>>, TreeError> {
+        let Some(d) = self.file_data(path) else { return Ok(None) };
+        if d.len() > limit {
+            return Err(io::Error::other(format!("{path} is larger than {limit} bytes")).into());
+        }
+        let mut v = Vec::with_capacity(d.len() as usize);
+        BlobFiles::new(store).reader(d)?.read_to_end(&mut v)?;
+        Ok(Some(v))
+    }
+
+    /// A reader over a file's bytes (for files too large to read whole).
+    pub fn open_file(&self, store: &Store, path: &str) -> Result<Option<(Data, Box<dyn Read>)>, TreeError> {
+        let Some(d) = self.file_data(path).cloned() else { return Ok(None) };
+        let r = BlobFiles::new(store).reader(&d)?;
+        Ok(Some((d, r)))
+    }
+
+    /// A new tree holding only `paths` (and their parent directories).
+    pub fn subset<'a>(&self, paths: impl IntoIterator<Item = &'a str>) -> Tree {
+        let mut t = Tree::new();
+        for p in paths {
+            let mut cur = String::new();
+            for c in p.split('/') {
+                if !cur.is_empty() {
+                    cur.push('/');
+                }
+                cur.push_str(c);
+                if let Some(n) = self.nodes.get(&cur) {
+                    t.nodes.insert(cur.clone(), n.clone());
+                }
+            }
+        }
+        t
     }
 
     /// Regular-file bytes in the tree (hard links counted once).
