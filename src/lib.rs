@@ -22,6 +22,7 @@ pub mod compress;
 pub mod cpio;
 pub mod digest;
 pub mod fetch;
+pub mod initramfs;
 pub mod kernel_profile;
 pub mod layer;
 pub mod lock;
