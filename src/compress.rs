@@ -70,7 +70,9 @@ impl Compression {
                     Err(format!("zstd level {l} is not in 1-19"))
                 }
             }
-            other => Err(format!("unknown compression {other:?}: use none, gzip or zstd")),
+            other => Err(format!(
+                "unknown compression {other:?}: use none, gzip or zstd"
+            )),
         }
     }
 
@@ -104,7 +106,11 @@ fn deflate_chunk(chunk: &[u8], level: u32, last: bool) -> Vec<u8> {
     use flate2::{Compress, FlushCompress, Status};
     let mut c = Compress::new(flate2::Compression::new(level), false);
     let mut out = Vec::with_capacity(chunk.len() / 2 + 64);
-    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
     loop {
         out.reserve(64 * 1024);
         let consumed = c.total_in() as usize;
@@ -149,11 +155,16 @@ impl<W: Write> GzipChunked<W> {
     fn emit(&mut self, data_end: usize, last: bool) -> io::Result<()> {
         if !self.header {
             // Magic, CM=deflate, no flags, MTIME=0, XFL=0, OS=255: no host facts.
-            self.out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])?;
+            self.out
+                .write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])?;
             self.header = true;
         }
         let data = &self.buf[..data_end];
-        let chunks: Vec<&[u8]> = if data.is_empty() { vec![data] } else { data.chunks(GZIP_CHUNK).collect() };
+        let chunks: Vec<&[u8]> = if data.is_empty() {
+            vec![data]
+        } else {
+            data.chunks(GZIP_CHUNK).collect()
+        };
         let n = chunks.len();
         let level = self.level;
         let parts: Vec<Vec<u8>> = chunks
@@ -263,21 +274,37 @@ mod tests {
     #[test]
     fn gzip_round_trips_and_is_thread_count_independent() {
         let data = sample(3 * GZIP_CHUNK + 12345);
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| gzip_chunked(&data, 6));
-        let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap().install(|| gzip_chunked(&data, 6));
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| gzip_chunked(&data, 6));
+        let four = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap()
+            .install(|| gzip_chunked(&data, 6));
         assert_eq!(one, four);
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&one[..]).read_to_end(&mut back).unwrap();
+        flate2::read::GzDecoder::new(&one[..])
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, data);
         // GNU gzip agrees (it checks CRC and length).
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.gz");
         std::fs::write(&p, &one).unwrap();
-        let st = std::process::Command::new("gzip").arg("-t").arg(&p).status().unwrap();
+        let st = std::process::Command::new("gzip")
+            .arg("-t")
+            .arg(&p)
+            .status()
+            .unwrap();
         assert!(st.success());
         for tiny in [&b""[..], b"a"] {
             let mut back = Vec::new();
-            flate2::read::GzDecoder::new(&gzip_chunked(tiny, 6)[..]).read_to_end(&mut back).unwrap();
+            flate2::read::GzDecoder::new(&gzip_chunked(tiny, 6)[..])
+                .read_to_end(&mut back)
+                .unwrap();
             assert_eq!(back, tiny);
         }
     }
@@ -295,7 +322,9 @@ mod tests {
         }
         let exact = sample(BATCH_CHUNKS * GZIP_CHUNK);
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&gzip_chunked(&exact, 1)[..]).read_to_end(&mut back).unwrap();
+        flate2::read::GzDecoder::new(&gzip_chunked(&exact, 1)[..])
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, exact);
     }
 
@@ -314,6 +343,9 @@ mod tests {
         assert!(Compression::from_parts("gzip", Some(10)).is_err());
         assert!(Compression::from_parts("zstd", Some(0)).is_err());
         assert!(Compression::from_parts("lz4", None).is_err());
-        assert_eq!(Compression::from_parts("zstd", None).unwrap(), Compression::Zstd { level: 3 });
+        assert_eq!(
+            Compression::from_parts("zstd", None).unwrap(),
+            Compression::Zstd { level: 3 }
+        );
     }
 }

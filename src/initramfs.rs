@@ -70,7 +70,11 @@ pub struct KernelParts {
 }
 
 /// Find `/kernel` and index `/kernel.tar` of a kernel image's tree.
-pub fn kernel_parts(store: &Store, image: &str, tree: &Tree) -> Result<KernelParts, InitramfsError> {
+pub fn kernel_parts(
+    store: &Store,
+    image: &str,
+    tree: &Tree,
+) -> Result<KernelParts, InitramfsError> {
     let kerr = |problem: &str| InitramfsError::Kernel {
         image: image.to_string(),
         problem: problem.to_string(),
@@ -82,15 +86,27 @@ pub fn kernel_parts(store: &Store, image: &str, tree: &Tree) -> Result<KernelPar
     let mut modules = Tree::new();
     if let Some(Data::Blob { digest, offset, .. }) = tree.file_data("kernel.tar").cloned() {
         let (_, reader) = tree.open_file(store, "kernel.tar")?.expect("just found");
-        modules.apply_tar(digest, offset, io::BufReader::new(reader), ApplyOptions { clamp_mtime: Some(0) })?;
+        modules.apply_tar(
+            digest,
+            offset,
+            io::BufReader::new(reader),
+            ApplyOptions {
+                clamp_mtime: Some(0),
+            },
+        )?;
     } else if tree.file_data("kernel.tar").is_some() {
         return Err(kerr("/kernel.tar must be stored in a layer, not generated"));
     }
-    let release = modules
-        .nodes()
-        .keys()
-        .find_map(|k| k.strip_prefix("lib/modules/").and_then(|r| r.split('/').next()).map(String::from));
-    Ok(KernelParts { kernel, release, modules })
+    let release = modules.nodes().keys().find_map(|k| {
+        k.strip_prefix("lib/modules/")
+            .and_then(|r| r.split('/').next())
+            .map(String::from)
+    });
+    Ok(KernelParts {
+        kernel,
+        release,
+        modules,
+    })
 }
 
 /// The module name of a `.ko` path (`virtio-rng.ko` → `virtio_rng`).
@@ -115,7 +131,11 @@ pub fn modinfo(ko: &[u8]) -> Option<Vec<(String, String)>> {
     let shstrndx = usize::from(u16_at(0x3e)?);
     let sect = |i: usize| -> Option<(u32, usize, usize)> {
         let h = shoff.checked_add(i.checked_mul(shentsize)?)?;
-        Some((u32_at(h)?, usize::try_from(u64_at(h + 0x18)?).ok()?, usize::try_from(u64_at(h + 0x20)?).ok()?))
+        Some((
+            u32_at(h)?,
+            usize::try_from(u64_at(h + 0x18)?).ok()?,
+            usize::try_from(u64_at(h + 0x20)?).ok()?,
+        ))
     };
     let (_, stroff, strsize) = sect(shstrndx)?;
     let names = ko.get(stroff..stroff.checked_add(strsize)?)?;
@@ -126,7 +146,12 @@ pub fn modinfo(ko: &[u8]) -> Option<Vec<(String, String)>> {
             let data = ko.get(off..off.checked_add(size)?)?;
             return Some(
                 data.split(|&b| b == 0)
-                    .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                    .filter_map(|kv| {
+                        std::str::from_utf8(kv)
+                            .ok()?
+                            .split_once('=')
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                    })
                     .collect(),
             );
         }
@@ -137,7 +162,11 @@ pub fn modinfo(ko: &[u8]) -> Option<Vec<(String, String)>> {
 /// Resolve `wanted` module names to paths (relative to `lib/modules/<release>/`)
 /// in load order: dependencies first, ties by name. Uses `modules.dep` when the
 /// image has one, else each module's `depends=`. Built-in modules are skipped.
-pub fn resolve_modules(store: &Store, parts: &KernelParts, wanted: &[String]) -> Result<Vec<String>, InitramfsError> {
+pub fn resolve_modules(
+    store: &Store,
+    parts: &KernelParts,
+    wanted: &[String],
+) -> Result<Vec<String>, InitramfsError> {
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
@@ -155,14 +184,24 @@ pub fn resolve_modules(store: &Store, parts: &KernelParts, wanted: &[String]) ->
         if let Some(rel) = k.strip_prefix(&base) {
             if let Some(n) = module_name(rel) {
                 by_name.entry(n).or_insert_with(|| rel.to_string());
-            } else if rel.ends_with(".ko.xz") || rel.ends_with(".ko.zst") || rel.ends_with(".ko.gz") {
-                return Err(merr(format!("{rel}: compressed modules are not supported; package uncompressed .ko files")));
+            } else if rel.ends_with(".ko.xz") || rel.ends_with(".ko.zst") || rel.ends_with(".ko.gz")
+            {
+                return Err(merr(format!(
+                    "{rel}: compressed modules are not supported; package uncompressed .ko files"
+                )));
             }
         }
     }
-    let read = |rel: &str| parts.modules.read_file(store, &format!("{base}{rel}"), 256 << 20);
+    let read = |rel: &str| {
+        parts
+            .modules
+            .read_file(store, &format!("{base}{rel}"), 256 << 20)
+    };
     let builtin: BTreeSet<String> = match read("modules.builtin")? {
-        Some(b) => String::from_utf8_lossy(&b).lines().filter_map(module_name).collect(),
+        Some(b) => String::from_utf8_lossy(&b)
+            .lines()
+            .filter_map(module_name)
+            .collect(),
         None => BTreeSet::new(),
     };
     let dep_file: Option<BTreeMap<String, Vec<String>>> = read("modules.dep")?.map(|b| {
@@ -170,7 +209,10 @@ pub fn resolve_modules(store: &Store, parts: &KernelParts, wanted: &[String]) ->
             .lines()
             .filter_map(|l| {
                 let (m, deps) = l.split_once(':')?;
-                Some((m.trim().to_string(), deps.split_whitespace().map(String::from).collect()))
+                Some((
+                    m.trim().to_string(),
+                    deps.split_whitespace().map(String::from).collect(),
+                ))
             })
             .collect()
     });
@@ -179,7 +221,8 @@ pub fn resolve_modules(store: &Store, parts: &KernelParts, wanted: &[String]) ->
             return Ok(d.get(rel).cloned().unwrap_or_default());
         }
         let ko = read(rel)?.ok_or_else(|| merr(format!("{rel} is not readable")))?;
-        let info = modinfo(&ko).ok_or_else(|| merr(format!("{rel} is not an ELF64 little-endian module")))?;
+        let info = modinfo(&ko)
+            .ok_or_else(|| merr(format!("{rel} is not an ELF64 little-endian module")))?;
         let names: Vec<String> = info
             .iter()
             .filter(|(k, _)| k == "depends")
@@ -187,7 +230,12 @@ pub fn resolve_modules(store: &Store, parts: &KernelParts, wanted: &[String]) ->
             .collect();
         names
             .into_iter()
-            .map(|n| by_name.get(&n).cloned().ok_or_else(|| merr(format!("{rel} depends on {n}, which the image lacks"))))
+            .map(|n| {
+                by_name
+                    .get(&n)
+                    .cloned()
+                    .ok_or_else(|| merr(format!("{rel} depends on {n}, which the image lacks")))
+            })
             .collect()
     };
     let mut order = Vec::new();
@@ -221,7 +269,11 @@ pub fn resolve_modules(store: &Store, parts: &KernelParts, wanted: &[String]) ->
         match by_name.get(&n) {
             Some(rel) => visit(rel.clone(), &deps_of, &mut state, &mut order, &merr)?,
             None if builtin.contains(&n) => {}
-            None => return Err(merr(format!("module {n} is neither in the kernel image nor built in"))),
+            None => {
+                return Err(merr(format!(
+                    "module {n} is neither in the kernel image nor built in"
+                )));
+            }
         }
     }
     Ok(order)
@@ -266,7 +318,12 @@ pub struct Segment {
 }
 
 /// Build one segment into the store unless the cache has it.
-pub fn build_segment(store: &Store, job: &SegmentJob, compression: Compression, epoch: u64) -> Result<Segment, InitramfsError> {
+pub fn build_segment(
+    store: &Store,
+    job: &SegmentJob,
+    compression: Compression,
+    epoch: u64,
+) -> Result<Segment, InitramfsError> {
     let name = format!("{SEGMENT_REF_PREFIX}{}", job.key.hex());
     if let Some(d) = store.find_ref(&name)?
         && store.has_blob(&d.digest, Some(d.size))
@@ -284,11 +341,14 @@ pub fn build_segment(store: &Store, job: &SegmentJob, compression: Compression, 
         source,
     };
     let blob = store.blob_writer_new(&format!("initramfs segment {}", job.name))?;
-    let comp = Compressor::new(io::BufWriter::with_capacity(1 << 20, blob), compression).map_err(werr)?;
+    let comp =
+        Compressor::new(io::BufWriter::with_capacity(1 << 20, blob), compression).map_err(werr)?;
     let mut w = NewcWriter::new(comp);
     let mut ino = 0u32;
     match &job.content {
-        SegmentContent::Tree { tree, prefix } => tree.write_newc(prefix, epoch, store, &mut w, &mut ino)?,
+        SegmentContent::Tree { tree, prefix } => {
+            tree.write_newc(prefix, epoch, store, &mut w, &mut ino)?
+        }
         SegmentContent::Files(files) => write_files(files, &mut w, &mut ino).map_err(werr)?,
     }
     let blob = w
@@ -299,7 +359,8 @@ pub fn build_segment(store: &Store, job: &SegmentJob, compression: Compression, 
     let size = blob.written();
     let digest = blob.commit()?;
     let mut desc = Descriptor::new(SEGMENT_MEDIA_TYPE, digest, size);
-    desc.annotations.insert("dev.i2kit.segment".into(), job.name.clone());
+    desc.annotations
+        .insert("dev.i2kit.segment".into(), job.name.clone());
     store.set_ref(&name, desc)?;
     Ok(Segment {
         name: job.name.clone(),
@@ -310,7 +371,11 @@ pub fn build_segment(store: &Store, job: &SegmentJob, compression: Compression, 
     })
 }
 
-fn write_files<W: Write>(files: &BTreeMap<String, Node>, w: &mut NewcWriter<W>, ino: &mut u32) -> io::Result<()> {
+fn write_files<W: Write>(
+    files: &BTreeMap<String, Node>,
+    w: &mut NewcWriter<W>,
+    ino: &mut u32,
+) -> io::Result<()> {
     for (path, n) in files {
         *ino += 1;
         let mut h = Header {
@@ -344,14 +409,22 @@ fn write_files<W: Write>(files: &BTreeMap<String, Node>, w: &mut NewcWriter<W>, 
                 h.rdev_minor = *b;
                 w.append(path, &h, &mut io::empty())?;
             }
-            _ => return Err(io::Error::other(format!("{path}: unsupported generated entry"))),
+            _ => {
+                return Err(io::Error::other(format!(
+                    "{path}: unsupported generated entry"
+                )));
+            }
         }
     }
     Ok(())
 }
 
 /// Concatenate segment blobs (in order) into `out`; returns (digest, size).
-pub fn concat<W: Write>(store: &Store, segments: &[Segment], out: W) -> Result<(Digest, u64), InitramfsError> {
+pub fn concat<W: Write>(
+    store: &Store,
+    segments: &[Segment],
+    out: W,
+) -> Result<(Digest, u64), InitramfsError> {
     let mut w = crate::digest::HashingWriter::new(out);
     for s in segments {
         let mut f = store.open_blob(&s.digest)?;
@@ -367,10 +440,13 @@ pub fn concat<W: Write>(store: &Store, segments: &[Segment], out: W) -> Result<(
 /// Read a whole segment back (tests, tools).
 pub fn read_segment(store: &Store, s: &Segment) -> Result<Vec<u8>, InitramfsError> {
     let mut v = Vec::new();
-    store.open_blob(&s.digest)?.read_to_end(&mut v).map_err(|source| InitramfsError::Write {
-        segment: s.name.clone(),
-        source,
-    })?;
+    store
+        .open_blob(&s.digest)?
+        .read_to_end(&mut v)
+        .map_err(|source| InitramfsError::Write {
+            segment: s.name.clone(),
+            source,
+        })?;
     Ok(v)
 }
 
@@ -391,14 +467,18 @@ mod tests {
         let shstr_off = f.len();
         f.extend_from_slice(&shstr);
         let shoff = f.len();
-        let mut sh = |name: u32, off: usize, size: usize| {
+        let sh = |name: u32, off: usize, size: usize| {
             let mut h = vec![0u8; 64];
             h[0..4].copy_from_slice(&name.to_le_bytes());
             h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
             h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
             h
         };
-        let sections = [sh(0, 0, 0), sh(1, modinfo_off, modinfo.len()), sh(10, shstr_off, shstr.len())];
+        let sections = [
+            sh(0, 0, 0),
+            sh(1, modinfo_off, modinfo.len()),
+            sh(10, shstr_off, shstr.len()),
+        ];
         for s in sections {
             f.extend_from_slice(&s);
         }
@@ -421,11 +501,23 @@ mod tests {
         let rel = "6.1.0-test";
         let mut inner = tar::Builder::new(Vec::new());
         let mods = [
-            ("kernel/drivers/virtio/virtio_ring.ko", "depends=;name=virtio_ring;"),
-            ("kernel/drivers/virtio/virtio.ko", "depends=virtio_ring;name=virtio;"),
+            (
+                "kernel/drivers/virtio/virtio_ring.ko",
+                "depends=;name=virtio_ring;",
+            ),
+            (
+                "kernel/drivers/virtio/virtio.ko",
+                "depends=virtio_ring;name=virtio;",
+            ),
             ("kernel/net/core/failover.ko", "depends=;name=failover;"),
-            ("kernel/drivers/net/net_failover.ko", "depends=failover;name=net_failover;"),
-            ("kernel/drivers/net/virtio_net.ko", "depends=virtio_ring,virtio,net_failover;name=virtio_net;"),
+            (
+                "kernel/drivers/net/net_failover.ko",
+                "depends=failover;name=net_failover;",
+            ),
+            (
+                "kernel/drivers/net/virtio_net.ko",
+                "depends=virtio_ring,virtio,net_failover;name=virtio_net;",
+            ),
         ];
         let mut add = |path: String, data: Vec<u8>| {
             let mut h = tar::Header::new_gnu();
@@ -439,7 +531,10 @@ mod tests {
         for (p, info) in mods {
             add(format!("lib/modules/{rel}/{p}"), fake_ko(info));
         }
-        add(format!("lib/modules/{rel}/modules.builtin"), b"kernel/drivers/nvme/host/nvme.ko\n".to_vec());
+        add(
+            format!("lib/modules/{rel}/modules.builtin"),
+            b"kernel/drivers/nvme/host/nvme.ko\n".to_vec(),
+        );
         if with_dep_file {
             add(format!("lib/modules/{rel}/modules.dep"), b"kernel/drivers/net/virtio_net.ko: kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio.ko:\n".to_vec());
         }
@@ -457,7 +552,14 @@ mod tests {
         let outer = outer.into_inner().unwrap();
         let d = store.put_bytes("kernel layer", &outer, None).unwrap();
         let mut t = Tree::new();
-        t.apply_layer(d, &outer[..], ApplyOptions { clamp_mtime: Some(0) }).unwrap();
+        t.apply_layer(
+            d,
+            &outer[..],
+            ApplyOptions {
+                clamp_mtime: Some(0),
+            },
+        )
+        .unwrap();
         kernel_parts(store, "test-kernel", &t).unwrap()
     }
 
@@ -484,7 +586,13 @@ mod tests {
         // modules.dep, when present, is what counts.
         let parts = kernel_image(&store, true);
         let order = resolve_modules(&store, &parts, &["virtio_net".into()]).unwrap();
-        assert_eq!(order, ["kernel/drivers/virtio/virtio.ko", "kernel/drivers/net/virtio_net.ko"]);
+        assert_eq!(
+            order,
+            [
+                "kernel/drivers/virtio/virtio.ko",
+                "kernel/drivers/net/virtio_net.ko"
+            ]
+        );
     }
 
     #[test]
@@ -494,13 +602,29 @@ mod tests {
         let mut files = BTreeMap::new();
         files.insert(
             "etc".to_string(),
-            Node { kind: Kind::Dir, mode: 0o755, uid: 0, gid: 0, mtime: 0 },
+            Node {
+                kind: Kind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+            },
         );
         files.insert(
             "etc/hello".to_string(),
-            Node { kind: Kind::File(Data::Inline(std::sync::Arc::new(b"hi".to_vec()))), mode: 0o644, uid: 0, gid: 0, mtime: 0 },
+            Node {
+                kind: Kind::File(Data::Inline(std::sync::Arc::new(b"hi".to_vec()))),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+            },
         );
-        let job = SegmentJob { name: "pod".into(), key: Digest::of(b"k1"), content: SegmentContent::Files(files) };
+        let job = SegmentJob {
+            name: "pod".into(),
+            key: Digest::of(b"k1"),
+            content: SegmentContent::Files(files),
+        };
         let a = build_segment(&store, &job, Compression::Zstd { level: 3 }, 0).unwrap();
         assert!(a.built);
         let b = build_segment(&store, &job, Compression::Zstd { level: 3 }, 0).unwrap();

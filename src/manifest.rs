@@ -87,7 +87,8 @@ pub struct PortSpec {
 }
 
 /// One container of the Pod, as the manifest says it (image config not yet applied).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ContainerSpec {
     /// DNS-1123 label.
     pub name: String,
@@ -112,7 +113,8 @@ pub struct ContainerSpec {
 }
 
 /// i2kit's own settings.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Settings {
     /// Kernel image (LinuxKit layout: `/kernel`, `/kernel.tar`).
     pub kernel: ImageRef,
@@ -131,7 +133,8 @@ pub struct Settings {
 }
 
 /// The Pod a manifest describes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Pod {
     /// Pod (and image) name.
     pub name: String,
@@ -149,7 +152,8 @@ pub struct Pod {
     pub hostname: String,
     /// i2kit settings.
     pub settings: Settings,
-    /// Fields accepted but only kept, to be shown to the user.
+    /// Fields accepted but only kept, to be shown to the user (not part of the plan).
+    #[serde(skip)]
     pub warnings: Vec<String>,
 }
 

@@ -87,7 +87,9 @@ pub struct ContainerRun {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PodSpecError {
     /// Nothing to run.
-    #[error("container {0}: nothing to run — the image has no ENTRYPOINT or CMD and the manifest sets no command")]
+    #[error(
+        "container {0}: nothing to run — the image has no ENTRYPOINT or CMD and the manifest sets no command"
+    )]
     NoCommand(String),
     /// A user name that /etc/passwd does not list.
     #[error("container {container}: user {user:?} (image USER) is not in the image's /etc/passwd")]
@@ -112,7 +114,12 @@ pub fn argv(c: &ContainerSpec, cfg: &ImageConfig) -> Result<Vec<String>, PodSpec
     let rc = cfg.config.clone().unwrap_or_default();
     let v = match (&c.command, &c.args) {
         (Some(cmd), args) => cmd.iter().chain(args.iter().flatten()).cloned().collect(),
-        (None, Some(args)) => rc.entrypoint.unwrap_or_default().into_iter().chain(args.iter().cloned()).collect(),
+        (None, Some(args)) => rc
+            .entrypoint
+            .unwrap_or_default()
+            .into_iter()
+            .chain(args.iter().cloned())
+            .collect(),
         (None, None) => rc
             .entrypoint
             .unwrap_or_default()
@@ -129,7 +136,11 @@ pub fn argv(c: &ContainerSpec, cfg: &ImageConfig) -> Result<Vec<String>, PodSpec
 /// Image ENV, then manifest env; a later key replaces an earlier one in place.
 pub fn env(c: &ContainerSpec, cfg: &ImageConfig) -> Vec<String> {
     let mut out: Vec<(String, String)> = Vec::new();
-    let image_env = cfg.config.as_ref().and_then(|c| c.env.clone()).unwrap_or_default();
+    let image_env = cfg
+        .config
+        .as_ref()
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default();
     let image_pairs = image_env.into_iter().map(|kv| match kv.split_once('=') {
         Some((k, v)) => (k.to_string(), v.to_string()),
         None => (kv, String::new()),
@@ -160,8 +171,17 @@ fn lookup(db: Option<&[u8]>, name: &str, id_field: usize) -> Option<(u32, Option
 /// uid/gid: the manifest's securityContext, else the image USER (`uid`,
 /// `uid:gid`, `name`, `name:group`, resolved through the image's passwd/group),
 /// else 0:0. A user without a group takes its passwd primary group.
-pub fn user(c: &ContainerSpec, cfg: &ImageConfig, passwd: Option<&[u8]>, group: Option<&[u8]>) -> Result<(u32, u32), PodSpecError> {
-    let spec = cfg.config.as_ref().and_then(|c| c.user.clone()).unwrap_or_default();
+pub fn user(
+    c: &ContainerSpec,
+    cfg: &ImageConfig,
+    passwd: Option<&[u8]>,
+    group: Option<&[u8]>,
+) -> Result<(u32, u32), PodSpecError> {
+    let spec = cfg
+        .config
+        .as_ref()
+        .and_then(|c| c.user.clone())
+        .unwrap_or_default();
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u.to_string(), Some(g.to_string())),
         None => (spec.clone(), None),
@@ -250,21 +270,32 @@ mod tests {
     #[test]
     fn kubernetes_argv_rules() {
         let img = cfg(Some(&["/ep"]), Some(&["cmd-arg"]), "");
-        let cases: &[(Option<&[&str]>, Option<&[&str]>, &[&str])] = &[
+        type Case<'a> = (Option<&'a [&'a str]>, Option<&'a [&'a str]>, &'a [&'a str]);
+        let cases: &[Case] = &[
             (None, None, &["/ep", "cmd-arg"]),
             (None, Some(&["x"]), &["/ep", "x"]),
             (Some(&["/bin/sh"]), None, &["/bin/sh"]),
-            (Some(&["/bin/sh"]), Some(&["-c", "y"]), &["/bin/sh", "-c", "y"]),
+            (
+                Some(&["/bin/sh"]),
+                Some(&["-c", "y"]),
+                &["/bin/sh", "-c", "y"],
+            ),
         ];
         for (command, args, want) in cases {
             assert_eq!(argv(&spec(*command, *args), &img).unwrap(), *want);
         }
-        assert_eq!(argv(&spec(None, None), &ImageConfig::default()), Err(PodSpecError::NoCommand("c".into())));
+        assert_eq!(
+            argv(&spec(None, None), &ImageConfig::default()),
+            Err(PodSpecError::NoCommand("c".into()))
+        );
     }
 
     #[test]
     fn env_merges_in_place() {
-        assert_eq!(env(&spec(None, None), &cfg(None, None, "")), ["A=1", "B=manifest", "C=3"]);
+        assert_eq!(
+            env(&spec(None, None), &cfg(None, None, "")),
+            ["A=1", "B=manifest", "C=3"]
+        );
     }
 
     #[test]
@@ -274,14 +305,35 @@ mod tests {
         let p = Some(&passwd[..]);
         let g = Some(&group[..]);
         let s = spec(None, None);
-        let cases = [("", (0, 0)), ("nginx", (101, 102)), ("101", (101, 102)), ("nginx:www", (101, 33)), ("5:6", (5, 6)), ("1000", (1000, 0))];
+        let cases = [
+            ("", (0, 0)),
+            ("nginx", (101, 102)),
+            ("101", (101, 102)),
+            ("nginx:www", (101, 33)),
+            ("5:6", (5, 6)),
+            ("1000", (1000, 0)),
+        ];
         for (u, want) in cases {
-            assert_eq!(user(&s, &cfg(None, None, u), p, g).unwrap(), want, "USER {u}");
+            assert_eq!(
+                user(&s, &cfg(None, None, u), p, g).unwrap(),
+                want,
+                "USER {u}"
+            );
         }
-        assert!(matches!(user(&s, &cfg(None, None, "ghost"), p, g), Err(PodSpecError::UnknownUser { .. })));
-        assert!(matches!(user(&s, &cfg(None, None, "nginx:nogroup"), p, g), Err(PodSpecError::UnknownGroup { .. })));
+        assert!(matches!(
+            user(&s, &cfg(None, None, "ghost"), p, g),
+            Err(PodSpecError::UnknownUser { .. })
+        ));
+        assert!(matches!(
+            user(&s, &cfg(None, None, "nginx:nogroup"), p, g),
+            Err(PodSpecError::UnknownGroup { .. })
+        ));
         let mut s2 = spec(None, None);
         s2.run_as_user = Some(101);
-        assert_eq!(user(&s2, &cfg(None, None, "5:6"), p, g).unwrap(), (101, 6), "runAsUser wins, image group kept");
+        assert_eq!(
+            user(&s2, &cfg(None, None, "5:6"), p, g).unwrap(),
+            (101, 6),
+            "runAsUser wins, image group kept"
+        );
     }
 }

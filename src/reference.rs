@@ -323,6 +323,12 @@ impl fmt::Display for ImageRef {
     }
 }
 
+impl serde::Serialize for ImageRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl ImageRef {
     /// The pinned digest, if any.
     pub fn digest(&self) -> Option<Digest> {

@@ -237,7 +237,12 @@ impl Store {
     }
 
     /// Start writing a blob whose digest (and size, when known) is announced.
-    pub fn blob_writer(&self, what: &str, expected: Digest, size: Option<u64>) -> Result<BlobWriter> {
+    pub fn blob_writer(
+        &self,
+        what: &str,
+        expected: Digest,
+        size: Option<u64>,
+    ) -> Result<BlobWriter> {
         self.writer(what, Some(expected), size)
     }
 
@@ -247,7 +252,12 @@ impl Store {
         self.writer(what, None, None)
     }
 
-    fn writer(&self, what: &str, expected: Option<Digest>, size: Option<u64>) -> Result<BlobWriter> {
+    fn writer(
+        &self,
+        what: &str,
+        expected: Option<Digest>,
+        size: Option<u64>,
+    ) -> Result<BlobWriter> {
         let prefix = expected.map_or("new-".to_string(), |e| format!("{}-", &e.hex()[..16]));
         let tmp = tempfile::Builder::new()
             .prefix(&prefix)
@@ -271,7 +281,8 @@ impl Store {
             return Ok(actual);
         }
         let mut w = self.blob_writer(what, expected, Some(bytes.len() as u64))?;
-        w.write_all(bytes).map_err(io_err("write", &self.blob_path(&expected)))?;
+        w.write_all(bytes)
+            .map_err(io_err("write", &self.blob_path(&expected)))?;
         w.commit()
     }
 

@@ -267,13 +267,24 @@ impl Tree {
 
     /// Apply one uncompressed layer tar, read from `tar`, whose bytes are the
     /// store blob `blob` (file data is referenced there, not copied).
-    pub fn apply_layer(&mut self, blob: Digest, tar: impl Read, opts: ApplyOptions) -> Result<(), TreeError> {
+    pub fn apply_layer(
+        &mut self,
+        blob: Digest,
+        tar: impl Read,
+        opts: ApplyOptions,
+    ) -> Result<(), TreeError> {
         self.apply_tar(blob, 0, tar, opts)
     }
 
     /// Apply a tar stored at `base` bytes into the store blob `blob` (a tar
     /// inside an image, such as a kernel image's `/kernel.tar`).
-    pub fn apply_tar(&mut self, blob: Digest, base: u64, tar: impl Read, opts: ApplyOptions) -> Result<(), TreeError> {
+    pub fn apply_tar(
+        &mut self,
+        blob: Digest,
+        base: u64,
+        tar: impl Read,
+        opts: ApplyOptions,
+    ) -> Result<(), TreeError> {
         let tar_err = |source| TreeError::Tar {
             layer: blob,
             source,
@@ -445,7 +456,9 @@ impl Tree {
                 Kind::Symlink(t) if t.starts_with('/') => p = normalise(t).ok()?,
                 Kind::Symlink(t) => {
                     let (dir, _) = parent_and_name(&p);
-                    p = normalise(&format!("{dir}/{t}")).ok().or_else(|| normalise(t).ok())?;
+                    p = normalise(&format!("{dir}/{t}"))
+                        .ok()
+                        .or_else(|| normalise(t).ok())?;
                 }
                 _ => return None,
             }
@@ -454,8 +467,15 @@ impl Tree {
     }
 
     /// Read a (small) file of the tree, following symlinks; `None` if absent.
-    pub fn read_file(&self, store: &Store, path: &str, limit: u64) -> Result<Option<Vec<u8>>, TreeError> {
-        let Some(d) = self.file_data(path) else { return Ok(None) };
+    pub fn read_file(
+        &self,
+        store: &Store,
+        path: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, TreeError> {
+        let Some(d) = self.file_data(path) else {
+            return Ok(None);
+        };
         if d.len() > limit {
             return Err(io::Error::other(format!("{path} is larger than {limit} bytes")).into());
         }
@@ -464,9 +484,16 @@ impl Tree {
         Ok(Some(v))
     }
 
-    /// A reader over a file's bytes (for files too large to read whole).
-    pub fn open_file(&self, store: &Store, path: &str) -> Result<Option<(Data, Box<dyn Read>)>, TreeError> {
-        let Some(d) = self.file_data(path).cloned() else { return Ok(None) };
+    /// A reader over a file's bytes (for files too large to read whole), with
+    /// where the bytes live.
+    pub fn open_file(
+        &self,
+        store: &Store,
+        path: &str,
+    ) -> Result<Option<(Data, FileReader)>, TreeError> {
+        let Some(d) = self.file_data(path).cloned() else {
+            return Ok(None);
+        };
         let r = BlobFiles::new(store).reader(&d)?;
         Ok(Some((d, r)))
     }
@@ -688,6 +715,9 @@ pub fn image_tree(
     }
     Ok(tree)
 }
+
+/// A reader over one file of a tree.
+pub type FileReader = Box<dyn Read>;
 
 fn clamp32(t: u64) -> u32 {
     u32::try_from(t).unwrap_or(u32::MAX)

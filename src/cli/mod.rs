@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod build;
 mod image;
 mod lock;
 mod progress;
@@ -29,6 +30,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a manifest into a kernel and initramfs (hermetic, reproducible).
+    Build(build::Args),
     /// Pull images into the store and print the digest each reference resolved to.
     Pull(pull::Args),
     /// Pin every image of a manifest (kernel, init, stub, containers) in i2kit.lock.
@@ -92,6 +95,7 @@ pub fn main() -> ExitCode {
     i2kit::init_tls();
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Build(a) => build::run(&cli, a),
         Command::Pull(a) => pull::run(&cli, a),
         Command::Lock(a) => lock::run(&cli, a),
         Command::Store(c) => store::run(&cli, c),
