@@ -3,10 +3,17 @@
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
-pkgs=(docker-registry skopeo umoci apache2-utils cpio zstd busybox-static time python3)
+pkgs=(docker-registry skopeo umoci apache2-utils cpio zstd busybox-static time python3
+      qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 mtools dosfstools gdisk)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+    # Some machine images carry qemu-utils from bookworm-backports without that
+    # source configured; qemu-system-* from bookworm then conflict with it.
+    # Align the QEMU packages on bookworm's version.
+    $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades "${missing[@]}" qemu-utils/bookworm qemu-block-extra/bookworm
+  fi
 fi

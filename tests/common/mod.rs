@@ -4,6 +4,7 @@
 //! runner for the real `i2kit` binary.
 #![allow(dead_code)]
 
+pub mod boot;
 pub mod images;
 pub mod proxy;
 

@@ -1,0 +1,99 @@
+//! Boot-test helpers: Debian's real cloud kernel packed with
+//! kernels/pack-debian-kernel.sh, a busybox test init, and QEMU under TCG
+//! (KVM does not work on these machines) with a hard timeout.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An OCI layout holding `kernel` (Debian's cloud kernel for `arch`), packed
+/// once per `cargo test` target directory.
+pub fn debian_kernel(arch: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("debian-kernel-{arch}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let layout = dir.join("layout");
+    if !layout.join("index.json").exists() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/pack-debian-kernel.sh");
+        let out = Command::new(script)
+            .args([arch, layout.to_str().unwrap(), "kernel", env!("CARGO_BIN_EXE_i2kit")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "packing the Debian kernel failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    layout
+}
+
+/// Pack a busybox init image whose /init runs `script` (a shell script body).
+pub fn busybox_image(layout: &Path, name: &str, path_in_image: &str, script: &str, platform: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
+    for app in ["sh", "mount", "ls", "echo", "cat", "grep", "tr", "poweroff", "sleep", "httpd", "wc", "head", "uname"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(app)).unwrap();
+    }
+    if !script.is_empty() {
+        let p = root.join(path_in_image);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, format!("#!/bin/sh\n{script}")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (ok, _, err) = super::run(&[
+        "image",
+        "pack",
+        root.to_str().unwrap(),
+        "--tag",
+        &format!("oci:{}:{name}", layout.display()),
+        "--platform",
+        platform,
+        "--cmd",
+        "/bin/sh",
+    ]);
+    assert!(ok, "{err}");
+}
+
+/// What a QEMU run printed, and whether it exited by itself.
+pub struct Boot {
+    pub console: String,
+    pub exited: bool,
+    pub took: Duration,
+}
+
+/// Run QEMU with `args`, capture the serial console, kill it after `timeout`.
+pub fn qemu(bin: &str, args: &[String], timeout: Duration) -> Boot {
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin}: {e} (apt-get install qemu-system-x86 qemu-system-arm)"));
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let exited = loop {
+        if child.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let console = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    Boot {
+        console,
+        exited,
+        took: start.elapsed(),
+    }
+}
