@@ -707,9 +707,17 @@ pub fn image_tree(
             layers: image.image.layers.len(),
         });
     }
+    // Inflate every layer at once (they are independent), then apply in order.
+    use rayon::prelude::*;
+    let blobs: Vec<Digest> = image
+        .image
+        .layers
+        .par_iter()
+        .zip(diff_ids)
+        .map(|(desc, diff_id)| crate::layer::uncompressed(store, desc, diff_id))
+        .collect::<Result<_, _>>()?;
     let mut tree = Tree::new();
-    for (desc, diff_id) in image.image.layers.iter().zip(diff_ids) {
-        let blob = crate::layer::uncompressed(store, desc, diff_id)?;
+    for blob in blobs {
         let f = io::BufReader::with_capacity(1 << 20, store.open_blob(&blob)?);
         tree.apply_layer(blob, f, opts)?;
     }

@@ -27,7 +27,15 @@ fn kernel_and_initrd_boot_with_qemu_direct_kernel_boot() {
     let www = tmp.path().join("web");
     std::fs::create_dir_all(www.join("www")).unwrap();
     std::fs::write(www.join("www/index.html"), "I2KIT-WEB-CONTENT\n").unwrap();
-    let (ok, _, err) = run(&["image", "pack", www.to_str().unwrap(), "--tag", &format!("oci:{}:web", layout.display()), "--cmd", "/bin/sh"]);
+    let (ok, _, err) = run(&[
+        "image",
+        "pack",
+        www.to_str().unwrap(),
+        "--tag",
+        &format!("oci:{}:web", layout.display()),
+        "--cmd",
+        "/bin/sh",
+    ]);
     assert!(ok, "{err}");
     busybox_image(&layout, "sidecar", "", "", "linux/amd64");
     let l = layout.display();
@@ -41,21 +49,52 @@ fn kernel_and_initrd_boot_with_qemu_direct_kernel_boot() {
     .unwrap();
     let out = tmp.path().join("out");
     let store = tmp.path().join("store");
-    let (ok, _, err) = run(&["build", "--store", store.to_str().unwrap(), "-o", out.to_str().unwrap(), manifest.to_str().unwrap()]);
+    let (ok, _, err) = run(&[
+        "build",
+        "--store",
+        store.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        manifest.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let cmdline = std::fs::read_to_string(out.join("boot-test-cmdline")).unwrap();
     let args: Vec<String> = [
-        "-machine", "q35,accel=tcg", "-m", "512", "-nographic", "-no-reboot", "-net", "none",
-        "-kernel", out.join("boot-test-kernel").to_str().unwrap(),
-        "-initrd", out.join("boot-test-initrd.img").to_str().unwrap(),
-        "-append", &format!("{} panic=-1", cmdline.trim()),
+        "-machine",
+        "q35,accel=tcg",
+        "-m",
+        "512",
+        "-nographic",
+        "-no-reboot",
+        "-net",
+        "none",
+        "-kernel",
+        out.join("boot-test-kernel").to_str().unwrap(),
+        "-initrd",
+        out.join("boot-test-initrd.img").to_str().unwrap(),
+        "-append",
+        &format!("{} panic=-1", cmdline.trim()),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     let boot = qemu("qemu-system-x86_64", &args, Duration::from_secs(120));
-    for marker in ["I2KIT-TEST-INIT up on 6.1", "I2KIT-CONTAINERS: sidecar web", "I2KIT-MODULES-PRESENT", "I2KIT-PODJSON-OK", "I2KIT-WEB-CONTENT"] {
-        assert!(boot.console.contains(marker), "{marker} not on the console:\n{}", boot.console);
+    for marker in [
+        "I2KIT-TEST-INIT up on 6.1",
+        "I2KIT-CONTAINERS: sidecar web",
+        "I2KIT-MODULES-PRESENT",
+        "I2KIT-PODJSON-OK",
+        "I2KIT-WEB-CONTENT",
+    ] {
+        assert!(
+            boot.console.contains(marker),
+            "{marker} not on the console:\n{}",
+            boot.console
+        );
     }
-    assert!(boot.exited, "QEMU did not power off by itself within {:?}:\n{}", boot.took, boot.console);
+    assert!(
+        boot.exited,
+        "QEMU did not power off by itself within {:?}:\n{}",
+        boot.took, boot.console
+    );
 }

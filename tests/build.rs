@@ -475,3 +475,59 @@ fn plan_lock_and_reproducible_rules() {
     ]);
     assert_ne!(report(&gz)["buildKey"], plan["buildKey"]);
 }
+
+/// Output digests of a small fixture whose every input the test generates
+/// deterministically. A change here is a change of output bytes: make it on
+/// purpose (new i2kit version, format change) and update the constants.
+/// `I2KIT_BLESS=1` prints the new values.
+#[test]
+fn golden_digests() {
+    const GOLDEN: &[(&str, &str)] = &[
+        (
+            "golden-cmdline",
+            "sha256:f942c339f6e5201d73ef1810cff2824f176eb405fed7cc006faf2fc961e2f5a3",
+        ),
+        (
+            "golden-initrd.img",
+            "sha256:4082bcb67f46dc9972701eab7f619bed6c63f85b6f98b02138d4dff84b987146",
+        ),
+        (
+            "golden-kernel",
+            "sha256:e4aba0abb11083501661f41ba8e9e3d408c0a8561c17e87806aeffe12d24209f",
+        ),
+        (
+            "golden.provenance.json",
+            "sha256:dcaab47ae1fab8bf168433edd7e7e3a5853b515511657353b4f433a463854f16",
+        ),
+    ];
+    let inp = inputs();
+    // Relative oci: paths keep the temporary directory out of the plan.
+    std::fs::write(
+        inp.root.join("golden.yml"),
+        "name: golden\ncontainers:\n  web:\n    image: oci:layout:web\n    ports: [80]\n    environment: [A=1]\ni2kit:\n  kernel: oci:layout:kernel\n  init: oci:layout:init\n  stub: oci:layout:init\n  modules: [virtio_net]\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run_cmd(common::i2kit().current_dir(&inp.root).args([
+        "build",
+        "--store",
+        "store",
+        "-o",
+        "out",
+        "golden.yml",
+    ]));
+    assert!(ok, "{err}");
+    let got = digests(&inp.root.join("out"));
+    if std::env::var_os("I2KIT_BLESS").is_some() {
+        for (k, v) in &got {
+            eprintln!("(\"{k}\", \"{v}\"),");
+        }
+    }
+    let want: BTreeMap<String, String> = GOLDEN
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(
+        got, want,
+        "output bytes changed (I2KIT_BLESS=1 prints the new digests)"
+    );
+}

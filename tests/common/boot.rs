@@ -18,10 +18,19 @@ pub fn debian_kernel(arch: &str) -> PathBuf {
     if !layout.join("index.json").exists() {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/pack-debian-kernel.sh");
         let out = Command::new(script)
-            .args([arch, layout.to_str().unwrap(), "kernel", env!("CARGO_BIN_EXE_i2kit")])
+            .args([
+                arch,
+                layout.to_str().unwrap(),
+                "kernel",
+                env!("CARGO_BIN_EXE_i2kit"),
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "packing the Debian kernel failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "packing the Debian kernel failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     layout
 }
@@ -32,7 +41,10 @@ pub fn busybox_image(layout: &Path, name: &str, path_in_image: &str, script: &st
     let root = tmp.path();
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
-    for app in ["sh", "mount", "ls", "echo", "cat", "grep", "tr", "poweroff", "sleep", "httpd", "wc", "head", "uname"] {
+    for app in [
+        "sh", "mount", "ls", "echo", "cat", "grep", "tr", "poweroff", "sleep", "httpd", "wc",
+        "head", "uname",
+    ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(app)).unwrap();
     }
     if !script.is_empty() {
