@@ -443,7 +443,8 @@ impl Builder {
         };
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err)?;
         let mut src = self.store.open_blob(digest)?;
-        std::io::copy(&mut src, &mut tmp).map_err(io_err)?;
+        // A plain File on both sides lets std use copy_file_range.
+        std::io::copy(&mut src, tmp.as_file_mut()).map_err(io_err)?;
         tmp.persist(path).map_err(|e| io_err(e.error))?;
         Ok(())
     }
@@ -615,7 +616,7 @@ fn assemble(
         .map_err(crate::tree::ImageTreeError::from)?
         .expect("kernel_parts found /kernel");
     let mut w = store.blob_writer_new("kernel")?;
-    std::io::copy(&mut r, &mut w).map_err(|source| BuildError::Io {
+    crate::digest::copy_large(&mut r, &mut w).map_err(|source| BuildError::Io {
         path: "kernel".into(),
         source,
     })?;

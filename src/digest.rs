@@ -174,6 +174,23 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Copy with a 1 MiB buffer: `io::copy`'s 8 KiB buffer costs a syscall per
+/// 8 KiB when the writer is not a plain file (hashing writers, blob writers).
+pub fn copy_large(r: &mut dyn io::Read, w: &mut dyn Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = match r.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..k])?;
+        n += k as u64;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -518,7 +518,7 @@ fn copy_blob(store: &Store, src: &Path, desc: &Descriptor, what: &str) -> Result
     let mut f = std::fs::File::open(src)
         .map_err(|e| layout_err(src, format!("cannot open blob {}: {e}", desc.digest)))?;
     let mut w = store.blob_writer(what, desc.digest, Some(desc.size))?;
-    std::io::copy(&mut f, &mut w)
+    crate::digest::copy_large(&mut f, &mut w)
         .map_err(|e| layout_err(src, format!("copying blob {}: {e}", desc.digest)))?;
     w.commit()?;
     Ok(())

@@ -84,8 +84,8 @@ pub fn kernel_parts(
         .cloned()
         .ok_or_else(|| kerr("no /kernel file (expected LinuxKit layout: /kernel, /kernel.tar)"))?;
     let mut modules = Tree::new();
-    if let Some(Data::Blob { digest, offset, .. }) = tree.file_data("kernel.tar").cloned() {
-        let (_, reader) = tree.open_file(store, "kernel.tar")?.expect("just found");
+    if let Some(data @ Data::Blob { digest, offset, .. }) = tree.file_data("kernel.tar").cloned() {
+        let reader = Tree::open_range(store, &data)?.expect("blob data");
         modules.apply_tar(
             digest,
             offset,
@@ -428,7 +428,7 @@ pub fn concat<W: Write>(
     let mut w = crate::digest::HashingWriter::new(out);
     for s in segments {
         let mut f = store.open_blob(&s.digest)?;
-        io::copy(&mut f, &mut w).map_err(|source| InitramfsError::Write {
+        crate::digest::copy_large(&mut f, &mut w).map_err(|source| InitramfsError::Write {
             segment: s.name.clone(),
             source,
         })?;
@@ -554,7 +554,7 @@ mod tests {
         let mut t = Tree::new();
         t.apply_layer(
             d,
-            &outer[..],
+            io::Cursor::new(&outer[..]),
             ApplyOptions {
                 clamp_mtime: Some(0),
             },

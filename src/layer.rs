@@ -108,7 +108,8 @@ pub fn uncompressed(
     };
     let what = format!("uncompressed layer {} (diff_id)", desc.digest);
     let mut w = store.blob_writer(&what, diff_id, None)?;
-    let n = io::copy(&mut (&mut reader).take(MAX_UNCOMPRESSED + 1), &mut w).map_err(dec_err)?;
+    let n = crate::digest::copy_large(&mut (&mut reader).take(MAX_UNCOMPRESSED + 1), &mut w)
+        .map_err(dec_err)?;
     if n > MAX_UNCOMPRESSED {
         return Err(dec_err(io::Error::other(format!(
             "inflates beyond {MAX_UNCOMPRESSED} bytes"

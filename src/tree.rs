@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -270,7 +270,7 @@ impl Tree {
     pub fn apply_layer(
         &mut self,
         blob: Digest,
-        tar: impl Read,
+        tar: impl Read + Seek,
         opts: ApplyOptions,
     ) -> Result<(), TreeError> {
         self.apply_tar(blob, 0, tar, opts)
@@ -282,7 +282,7 @@ impl Tree {
         &mut self,
         blob: Digest,
         base: u64,
-        tar: impl Read,
+        tar: impl Read + Seek,
         opts: ApplyOptions,
     ) -> Result<(), TreeError> {
         let tar_err = |source| TreeError::Tar {
@@ -292,7 +292,9 @@ impl Tree {
         let mut archive = tar::Archive::new(tar);
         let mut added: BTreeSet<String> = BTreeSet::new();
         let mut opaque: Vec<String> = Vec::new();
-        for entry in archive.entries().map_err(tar_err)? {
+        // Seek over file data instead of reading it: only headers are parsed,
+        // so indexing a 700 MB layer reads a few MB.
+        for entry in archive.entries_with_seek().map_err(tar_err)? {
             let mut entry = entry.map_err(tar_err)?;
             let raw_path = String::from_utf8(entry.path_bytes().into_owned()).map_err(|e| {
                 TreeError::Hostile {
@@ -496,6 +498,23 @@ impl Tree {
         };
         let r = BlobFiles::new(store).reader(&d)?;
         Ok(Some((d, r)))
+    }
+
+    /// A seekable reader over a file stored in a blob (a tar inside an image).
+    pub fn open_range(store: &Store, d: &Data) -> Result<Option<RangeReader>, TreeError> {
+        match d {
+            Data::Blob {
+                digest,
+                offset,
+                len,
+            } => Ok(Some(RangeReader {
+                file: Arc::new(store.open_blob(digest)?),
+                start: *offset,
+                pos: *offset,
+                end: offset + len,
+            })),
+            Data::Inline(_) => Ok(None),
+        }
     }
 
     /// A new tree holding only `paths` (and their parent directories).
@@ -763,6 +782,7 @@ impl<'a> BlobFiles<'a> {
                 };
                 Box::new(RangeReader {
                     file: f,
+                    start: *offset,
                     pos: *offset,
                     end: offset + len,
                 })
@@ -771,15 +791,37 @@ impl<'a> BlobFiles<'a> {
     }
 }
 
-struct RangeReader {
+/// A byte range of a store blob, readable and seekable like a file of its own.
+pub struct RangeReader {
     file: Arc<File>,
+    start: u64,
     pos: u64,
     end: u64,
 }
 
+impl Seek for RangeReader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let start = self.start;
+        let target = match to {
+            SeekFrom::Start(n) => start.checked_add(n),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.end.checked_add_signed(d),
+        }
+        .filter(|t| *t >= start)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
+        })?;
+        self.pos = target;
+        Ok(target - start)
+    }
+}
+
 impl Read for RangeReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
+        let want = self.end.saturating_sub(self.pos).min(buf.len() as u64) as usize;
         if want == 0 {
             return Ok(0);
         }

@@ -78,7 +78,7 @@ impl Fx {
         let d = self.store.put_bytes("layer", bytes, None).unwrap();
         tree.apply_layer(
             d,
-            bytes,
+            io::Cursor::new(bytes),
             ApplyOptions {
                 clamp_mtime: Some(0),
             },

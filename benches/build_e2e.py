@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""End-to-end build benchmark (issues 3 and 4): kernel (Debian cloud) + busybox
+init + a ~200 MB / 5-layer / ~700 MB-uncompressed container, from a local
+docker-registry. Measures, median of N runs, with peak RSS:
+
+  cold     i2kit build into an empty store
+  hit      the same build again (build-key hit in the local artifact cache)
+  env      a build after changing one env var (only pod.json's segment rebuilds)
+  baseline the same work with standard tools, in the same run:
+           skopeo copy + tar -x of every layer + find | cpio -o -H newc | zstd -T0
+
+Usage: cargo build --release && benches/build_e2e.py [--runs N]
+"""
+import argparse, hashlib, os, shutil, subprocess, sys, tempfile, time
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "lib"))
+from bench_common import Registry, fast_noise, median, push, tar_layer, timed, write_layout
+
+here = os.path.dirname(os.path.abspath(__file__))
+ap = argparse.ArgumentParser()
+ap.add_argument("--runs", type=int, default=5)
+ap.add_argument("--keep", action="store_true", help="keep the work directory and registry (for profiling)")
+ap.add_argument("--i2kit", default=os.path.join(here, "..", "target", "release", "i2kit"))
+a = ap.parse_args()
+i2kit = os.path.abspath(a.i2kit)
+
+def text_block(seed, n):
+    line = b"".join(b"%08d GET /api/v1/items/%d 200 OK user-agent=bench %s\n" % (i, (i * 7919 + seed) % 100000, b"x" * (i % 40)) for i in range(20000))
+    reps = n // len(line) + 1
+    return (line * reps)[:n]
+
+work = tempfile.mkdtemp(prefix="i2kit-build-bench-")
+reg = Registry(os.path.join(work, "reg"))
+try:
+    host = reg.host()
+    # Kernel (Debian cloud) and a busybox init, pushed to the registry.
+    subprocess.run([os.path.join(here, "..", "kernels", "pack-debian-kernel.sh"), "amd64", f"{work}/inputs", "kernel", i2kit], check=True, stdout=subprocess.DEVNULL)
+    push(f"{work}/inputs", "kernel", f"{host}/bench/kernel:1")
+    os.makedirs(f"{work}/init/bin")
+    shutil.copy("/bin/busybox", f"{work}/init/bin/busybox")
+    os.symlink("bin/busybox", f"{work}/init/init")
+    subprocess.run([i2kit, "image", "pack", f"{work}/init", "--tag", f"oci:{work}/inputs:init"], check=True, stdout=subprocess.DEVNULL)
+    push(f"{work}/inputs", "init", f"{host}/bench/init:1")
+    # The big container: 5 layers of 28 MiB random + 112 MiB of log-like text, 20 files each.
+    layers = []
+    for i in range(5):
+        files = []
+        for f in range(20):
+            files.append((f"srv/layer{i}/rand{f:02d}.bin", fast_noise(i * 100 + f, (28 << 20) // 20)))
+            files.append((f"srv/layer{i}/log{f:02d}.txt", text_block(i * 100 + f, (112 << 20) // 20)))
+        layers.append(tar_layer(files))
+    digest, size = write_layout(f"{work}/big", "big", layers, config_extra={"Entrypoint": ["/srv/app"]})
+    push(f"{work}/big", "big", f"{host}/bench/big:1")
+    unc = sum(len(l) for l in layers)
+    print(f"container {host}/bench/big:1: 5 layers, {size / 2**20:.0f} MiB compressed, {unc / 2**20:.0f} MiB uncompressed")
+    del layers
+
+    def manifest(path, env):
+        open(path, "w").write(f"""name: bench
+containers:
+  web:
+    image: {host}/bench/big:1
+    environment: [MODE={env}]
+i2kit:
+  kernel: {host}/bench/kernel:1
+  init: {host}/bench/init:1
+  stub: {host}/bench/init:1
+  profile: generic
+""")
+    os.makedirs(f"{work}/proj")
+    manifest(f"{work}/proj/a.yml", "a")
+    manifest(f"{work}/proj/b.yml", "b")
+    subprocess.run([i2kit, "lock", "--store", f"{work}/lockstore", f"{work}/proj/a.yml"], check=True, stderr=subprocess.DEVNULL)
+    shutil.copy(f"{work}/proj/i2kit.lock", f"{work}/proj/i2kit.lock.a")
+
+    def build(store, out, m):
+        return timed([i2kit, "build", "--store", store, "-o", out, m])
+
+    res = {k: [] for k in ("cold", "hit", "env", "base")}
+    rss = {k: [] for k in res}
+    for run in range(a.runs):
+        for d in ("s", "o", "o2", "o3", "b"):
+            shutil.rmtree(f"{work}/{d}", ignore_errors=True)
+        t, r = build(f"{work}/s", f"{work}/o", f"{work}/proj/a.yml"); res["cold"].append(t); rss["cold"].append(r)
+        t, r = build(f"{work}/s", f"{work}/o2", f"{work}/proj/a.yml"); res["hit"].append(t); rss["hit"].append(r)
+        t, r = build(f"{work}/s", f"{work}/o3", f"{work}/proj/b.yml"); res["env"].append(t); rss["env"].append(r)
+        # Baseline with standard tools.
+        b = f"{work}/b"
+        os.makedirs(b)
+        t0 = time.monotonic()
+        for img, dest in (("kernel", "kernel"), ("init", "root"), ("big", "root/containers/web/rootfs")):
+            subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{host}/bench/{img}:1", f"oci:{b}/oci-{img}:x"], check=True)
+            os.makedirs(f"{b}/{dest}", exist_ok=True)
+            import json
+            idx = json.load(open(f"{b}/oci-{img}/index.json"))
+            m = json.load(open(f"{b}/oci-{img}/blobs/sha256/" + idx["manifests"][0]["digest"][7:]))
+            for l in m["layers"]:
+                subprocess.run(["tar", "-xzf", f"{b}/oci-{img}/blobs/sha256/" + l["digest"][7:], "-C", f"{b}/{dest}"], check=True)
+        subprocess.run(f"cd {b}/root && find . | cpio -o -H newc --quiet | zstd -T0 -3 -q > {b}/initrd.img", shell=True, check=True)
+        res["base"].append(time.monotonic() - t0)
+        print(f"run {run + 1}: cold {res['cold'][-1]:.2f}s  hit {res['hit'][-1]:.2f}s  env {res['env'][-1]:.2f}s  baseline {res['base'][-1]:.2f}s  (i2kit RSS {rss['cold'][-1]:.0f} MiB)")
+    m = {k: median(v) for k, v in res.items()}
+    print(f"median: cold {m['cold']:.2f}s, hit {m['hit']:.2f}s, env change {m['env']:.2f}s, baseline {m['base']:.2f}s")
+    print(f"ratios: cold/baseline {m['cold'] / m['base']:.2f} (target <= 0.5), env/cold {m['env'] / m['cold']:.2f} (target <= 0.15), hit {m['hit']:.2f}s (target <= 0.5 s)")
+    print(f"peak RSS: cold {max(rss['cold']):.0f} MiB, hit {max(rss['hit']):.0f} MiB, env {max(rss['env']):.0f} MiB (target <= 200 MB)")
+    print(f"initrd: i2kit {os.path.getsize(f'{work}/o/bench-initrd.img') / 2**20:.0f} MiB, baseline {os.path.getsize(f'{work}/b/initrd.img') / 2**20:.0f} MiB")
+finally:
+    if a.keep:
+        print(f"kept {work} (registry {reg.host()} pid {reg.proc.pid} still running)")
+    else:
+        reg.stop()
+        shutil.rmtree(work, ignore_errors=True)
