@@ -308,8 +308,9 @@ impl Fetcher {
         Ok(true)
     }
 
-    /// Resolve `r` for `platform`: manifests and config into the store, and the
-    /// reference recorded in the store's index.
+    /// Resolve `r` for `platform`: manifests and config into the store (the
+    /// reference is recorded in the store's index by [`Fetcher::pull`], once the
+    /// layers are there too).
     pub async fn resolve(
         &self,
         r: &ImageRef,
@@ -381,9 +382,6 @@ impl Fetcher {
                 });
             }
         }
-        if !self.opts.offline {
-            self.store.set_ref(&store_name(r), top.clone())?;
-        }
         (self.events)(&Event::Resolved {
             reference: r.to_string(),
             platform: platform.to_string(),
@@ -431,6 +429,14 @@ impl Fetcher {
         .buffer_unordered(jobs)
         .try_collect::<Vec<()>>()
         .await?;
+        // Only complete images are named in index.json: everything an entry
+        // reaches is present, so `store verify` can call any gap corruption.
+        if !self.opts.offline {
+            for img in &resolved {
+                self.store
+                    .set_ref(&store_name(&img.reference), img.top.clone())?;
+            }
+        }
         Ok(resolved)
     }
 }

@@ -308,6 +308,17 @@ impl Tree {
                 path: raw_path.clone(),
                 problem,
             };
+            // tar-rs expands GNU (old-format) sparse entries but not the PAX
+            // GNU.sparse.* formats: refuse them rather than store a sparse map as data.
+            if let Ok(Some(pax)) = entry.pax_extensions() {
+                for ext in pax.flatten() {
+                    if ext.key_bytes().starts_with(b"GNU.sparse") {
+                        return Err(hostile(
+                            "PAX sparse files (GNU.sparse.*) are not supported; rebuild the layer without --sparse or with --format=gnu".into(),
+                        ));
+                    }
+                }
+            }
             let norm = normalise(&raw_path).map_err(hostile)?;
             if norm.is_empty() {
                 continue; // "./" itself: the root keeps its defaults

@@ -531,3 +531,48 @@ fn golden_digests() {
         "output bytes changed (I2KIT_BLESS=1 prints the new digests)"
     );
 }
+
+#[test]
+fn gzip_and_uncompressed_initrds_are_valid() {
+    let inp = inputs();
+    let m = inp.manifest("app.yml", "prod");
+    for (c, tool) in [("gzip", Some("gzip")), ("none", None)] {
+        let out = inp.root.join(format!("out-{c}"));
+        let (ok, _, err) = run(&[
+            "build",
+            "--compression",
+            c,
+            "--store",
+            inp.root.join("store").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            m.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let initrd = out.join("shop-initrd.img");
+        let raw = match tool {
+            Some(t) => {
+                let o = Command::new(t).args(["-dc"]).arg(&initrd).output().unwrap();
+                assert!(
+                    o.status.success(),
+                    "{t}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                o.stdout
+            }
+            None => std::fs::read(&initrd).unwrap(),
+        };
+        let trailers = raw.windows(10).filter(|w| *w == b"TRAILER!!!").count();
+        assert_eq!(trailers, 5, "{c}: modules, init, two containers, pod");
+        assert!(raw.windows(16).any(|w| w == b"containers/cache"), "{c}");
+    }
+    let (ok, _, err) = run(&[
+        "build",
+        "--compression",
+        "gzip",
+        "--compression-level",
+        "12",
+        m.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("gzip level 12 is not in 1-9"), "{err}");
+}

@@ -365,3 +365,71 @@ fn tree_of_a_fetched_image() {
         "data read back from the store"
     );
 }
+
+/// PAX long names and GNU sparse files, as GNU tar writes them.
+#[test]
+fn pax_names_and_sparse_files_from_gnu_tar() {
+    let f = fx();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let long = format!("{}/name", "p".repeat(120));
+    std::fs::create_dir_all(src.join(&long).parent().unwrap()).unwrap();
+    std::fs::write(src.join(&long), b"pax").unwrap();
+    // A sparse file: 1 MiB hole, 5 bytes, another hole.
+    let sparse = std::fs::File::create(src.join("sparse")).unwrap();
+    sparse.set_len(3 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    sparse.write_at(b"hello", 1 << 20).unwrap();
+    drop(sparse);
+    for (format, extra) in [("posix", "--sparse"), ("gnu", "--sparse")] {
+        let tar = dir.path().join(format!("{format}.tar"));
+        let st = std::process::Command::new("tar")
+            .args([
+                "-C",
+                src.to_str().unwrap(),
+                &format!("--format={format}"),
+                extra,
+                "-cf",
+                tar.to_str().unwrap(),
+                ".",
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let bytes = std::fs::read(&tar).unwrap();
+        if format == "posix" {
+            let mut t = Tree::new();
+            let e = f.apply(&mut t, &bytes).unwrap_err().to_string();
+            assert!(e.contains("PAX sparse files"), "{e}");
+            // Without --sparse, PAX long names work.
+            let st = std::process::Command::new("tar")
+                .args([
+                    "-C",
+                    src.to_str().unwrap(),
+                    "--format=posix",
+                    "-cf",
+                    tar.to_str().unwrap(),
+                    ".",
+                ])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let t = f.build(&[std::fs::read(&tar).unwrap()]);
+            assert!(t.get(&long).is_some(), "pax long name");
+            assert_eq!(
+                t.read_file(&f.store, "sparse", 16 << 20)
+                    .unwrap()
+                    .unwrap()
+                    .len(),
+                3 << 20
+            );
+            continue;
+        }
+        let t = f.build(&[bytes]);
+        assert!(t.get(&long).is_some(), "{format}: long name");
+        let data = t.read_file(&f.store, "sparse", 16 << 20).unwrap().unwrap();
+        assert_eq!(data.len(), 3 << 20, "{format}: sparse size");
+        assert_eq!(&data[1 << 20..(1 << 20) + 5], b"hello");
+        assert!(data[..1 << 20].iter().all(|&b| b == 0));
+    }
+}
