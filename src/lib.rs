@@ -22,6 +22,8 @@ pub mod build;
 pub mod compress;
 pub mod cpio;
 pub mod digest;
+pub mod disk;
+pub mod fat;
 pub mod fetch;
 pub mod initramfs;
 pub mod kernel_profile;
@@ -35,6 +37,7 @@ pub mod reference;
 pub mod registry;
 pub mod store;
 pub mod tree;
+pub mod uki;
 
 /// i2kit's version, part of every build key.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
