@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -38,18 +39,33 @@ const PLAN_MEDIA_TYPE: &str = "application/vnd.i2kit.plan.v1+json";
 /// An output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub enum Format {
+    /// `NAME.raw`: a GPT disk whose ESP boots the UKI (the default).
+    #[serde(rename = "raw")]
+    Raw,
+    /// `NAME.efi`: the Unified Kernel Image alone.
+    #[serde(rename = "uki")]
+    Uki,
     /// `NAME-kernel`, `NAME-initrd.img`, `NAME-cmdline`.
     #[serde(rename = "kernel+initrd")]
     KernelInitrd,
+}
+
+impl Format {
+    /// Whether the format needs the EFI stub image.
+    pub fn needs_stub(self) -> bool {
+        matches!(self, Format::Raw | Format::Uki)
+    }
 }
 
 impl std::str::FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "raw" => Ok(Format::Raw),
+            "uki" => Ok(Format::Uki),
             "kernel+initrd" => Ok(Format::KernelInitrd),
             other => Err(format!(
-                "unknown format {other:?}; available: kernel+initrd"
+                "unknown format {other:?}; available: raw, uki, kernel+initrd"
             )),
         }
     }
@@ -171,6 +187,9 @@ pub enum BuildError {
     /// A rule of the build.
     #[error("{0}")]
     Invalid(String),
+    /// The UKI could not be made.
+    #[error(transparent)]
+    Uki(#[from] crate::uki::UkiError),
     /// Writing outputs failed.
     #[error("{path}: {source}")]
     Io {
@@ -213,14 +232,26 @@ pub type BuildSink = Arc<dyn Fn(&BuildEvent) + Send + Sync>;
 struct Inputs {
     kernel: ResolvedImage,
     init: ResolvedImage,
+    stub: Option<ResolvedImage>,
     containers: Vec<ResolvedImage>,
 }
 
-fn role_refs(pod: &Pod) -> Vec<(String, ImageRef)> {
+/// What [`assemble`] hands to the output writer.
+struct Assembled {
+    segments: Vec<Segment>,
+    kernel: Digest,
+    stub: Option<Vec<u8>>,
+    ports: Vec<u16>,
+}
+
+fn role_refs(pod: &Pod, formats: &[Format]) -> Vec<(String, ImageRef)> {
     let mut v = vec![
         ("kernel".to_string(), pod.settings.kernel.clone()),
         ("init".to_string(), pod.settings.init.clone()),
     ];
+    if formats.iter().any(|f| f.needs_stub()) {
+        v.push(("stub".to_string(), pod.settings.stub.clone()));
+    }
     for c in &pod.containers {
         v.push((format!("container/{}", c.name), c.image.clone()));
     }
@@ -269,7 +300,7 @@ impl Builder {
         }
         let mut out = Vec::new();
         let mut unpinned = Vec::new();
-        for (role, r) in role_refs(pod) {
+        for (role, r) in role_refs(pod, &opts.formats) {
             let pinned = lock.and_then(|(_, l)| l.pin(&r, &platform)).unwrap_or(r);
             if pinned.digest().is_none() {
                 unpinned.push(pinned.to_string());
@@ -364,6 +395,7 @@ impl Builder {
         let inputs = Inputs {
             kernel: by_role[&"kernel".to_string()].clone(),
             init: by_role[&"init".to_string()].clone(),
+            stub: by_role.get(&"stub".to_string()).cloned(),
             containers: pod
                 .containers
                 .iter()
@@ -374,11 +406,11 @@ impl Builder {
         let plan2 = plan.clone();
         let opts2 = opts.clone();
         let sink = self.build_events.clone();
-        let (segments, kernel) =
+        let assembled =
             tokio::task::spawn_blocking(move || assemble(&store, &plan2, &inputs, &opts2, &sink))
                 .await
                 .map_err(|e| BuildError::Invalid(format!("build task failed: {e}")))??;
-        self.write_outputs(&plan, key, segments, kernel, &opts.output_dir)
+        self.write_outputs(&plan, key, assembled, &opts.output_dir)
     }
 
     fn cached_outputs(
@@ -453,10 +485,15 @@ impl Builder {
         &self,
         plan: &Plan,
         key: Digest,
-        segments: Vec<Segment>,
-        kernel: Digest,
+        a: Assembled,
         out_dir: &Path,
     ) -> Result<BuildReport, BuildError> {
+        let Assembled {
+            segments,
+            kernel,
+            stub,
+            ports,
+        } = a;
         let name = &plan.pod.name;
         let console = if plan.platform.ends_with("arm64") {
             "console=ttyAMA0"
@@ -471,21 +508,96 @@ impl Builder {
         let mut w = self.store.blob_writer_new("initrd")?;
         let (initrd, _) = initramfs::concat(&self.store, &segments, &mut w)?;
         w.commit()?;
-        let cmd = self.store.put_bytes("cmdline", cmdline.as_bytes(), None)?;
-        let mut files: Vec<(String, Digest)> = vec![
-            (format!("{name}-kernel"), kernel),
-            (format!("{name}-initrd.img"), initrd),
-            (format!("{name}-cmdline"), cmd),
-        ];
         let size_of = |d: &Digest| {
             fs::metadata(self.store.blob_path(d))
                 .map(|m| m.len())
                 .unwrap_or(0)
         };
+        let mut files: Vec<(String, Digest)> = Vec::new();
+        if plan.formats.contains(&Format::KernelInitrd) {
+            let cmd = self.store.put_bytes("cmdline", cmdline.as_bytes(), None)?;
+            files.push((format!("{name}-kernel"), kernel));
+            files.push((format!("{name}-initrd.img"), initrd));
+            files.push((format!("{name}-cmdline"), cmd));
+        }
+        if let Some(stub) = stub {
+            let arch = plan.platform.rsplit('/').next().unwrap_or_default();
+            let stub = crate::uki::Stub::parse(&plan.inputs["stub"].reference, stub, arch)?;
+            let osrel = crate::uki::os_release(name, &key.hex());
+            let cmd = cmdline.trim_end();
+            let mut k = self.store.open_blob(&kernel)?;
+            let mut i = self.store.open_blob(&initrd)?;
+            let (mut o, mut c) = (osrel.as_bytes(), cmd.as_bytes());
+            let mut sections = [
+                crate::uki::Section {
+                    name: ".osrel",
+                    len: osrel.len() as u64,
+                    data: &mut o,
+                },
+                crate::uki::Section {
+                    name: ".cmdline",
+                    len: cmd.len() as u64,
+                    data: &mut c,
+                },
+                crate::uki::Section {
+                    name: ".initrd",
+                    len: size_of(&initrd),
+                    data: &mut i,
+                },
+                crate::uki::Section {
+                    name: ".linux",
+                    len: size_of(&kernel),
+                    data: &mut k,
+                },
+            ];
+            let mut w = io::BufWriter::with_capacity(1 << 20, self.store.blob_writer_new("UKI")?);
+            crate::uki::write_uki(stub, &mut sections, &mut w)?;
+            let uki = w
+                .into_inner()
+                .map_err(|e| BuildError::Io {
+                    path: "UKI".into(),
+                    source: e.into_error(),
+                })?
+                .commit()?;
+            if plan.formats.contains(&Format::Uki) {
+                files.push((format!("{name}.efi"), uki));
+            }
+            if plan.formats.contains(&Format::Raw) {
+                let boot = if arch == "arm64" {
+                    "BOOTAA64.EFI"
+                } else {
+                    "BOOTX64.EFI"
+                };
+                let mut u = self.store.open_blob(&uki)?;
+                let mut esp = [crate::fat::EspFile {
+                    path: vec!["EFI".into(), "BOOT".into(), boot.into()],
+                    len: size_of(&uki),
+                    data: &mut u,
+                }];
+                let mut w =
+                    io::BufWriter::with_capacity(1 << 20, self.store.blob_writer_new("raw disk")?);
+                crate::disk::write_disk(&mut esp, &key, plan.epoch, &mut w).map_err(|source| {
+                    BuildError::Io {
+                        path: "raw disk".into(),
+                        source,
+                    }
+                })?;
+                let raw = w
+                    .into_inner()
+                    .map_err(|e| BuildError::Io {
+                        path: "raw disk".into(),
+                        source: e.into_error(),
+                    })?
+                    .commit()?;
+                files.push((format!("{name}.raw"), raw));
+            }
+        }
         let provenance = serde_json::json!({
             "buildKey": key,
             "i2kit": plan.i2kit,
             "platform": plan.platform,
+            "formats": plan.formats,
+            "ports": ports,
             "inputs": plan.inputs,
             "segments": segments.iter().map(|s| serde_json::json!({"name": s.name, "key": s.key, "digest": s.digest, "size": s.size})).collect::<Vec<_>>(),
             "outputs": files.iter().map(|(n, d)| (n.clone(), serde_json::json!({"digest": d, "size": size_of(d)}))).collect::<BTreeMap<_, _>>(),
@@ -583,7 +695,7 @@ fn assemble(
     inputs: &Inputs,
     opts: &BuildOptions,
     sink: &BuildSink,
-) -> Result<(Vec<Segment>, Digest), BuildError> {
+) -> Result<Assembled, BuildError> {
     let apply = ApplyOptions {
         clamp_mtime: plan.clamp_mtimes.then_some(plan.epoch),
     };
@@ -610,6 +722,46 @@ fn assemble(
     };
     let modules = initramfs::resolve_modules(store, &parts, &wanted)?;
     let release = parts.release.clone().unwrap_or_default();
+    // Platform checks come before any output: a kernel or stub of another
+    // architecture is refused here.
+    let arch = plan
+        .platform
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let needs_uefi = plan.formats.iter().any(|f| f.needs_stub());
+    let kernel_name = inputs.kernel.reference.to_string();
+    if needs_uefi {
+        let head = kernel_tree
+            .read_head(store, "kernel", 4096)
+            .map_err(crate::tree::ImageTreeError::from)?;
+        crate::uki::check_kernel(&kernel_name, &head, &arch)?;
+    }
+    let stub = match &inputs.stub {
+        Some(img) => {
+            let t = crate::tree::image_tree(store, img, apply)?;
+            let file = if arch == "arm64" {
+                "linuxaa64.efi.stub"
+            } else {
+                "linuxx64.efi.stub"
+            };
+            let path = format!("usr/lib/systemd/boot/efi/{file}");
+            let bytes = t
+                .read_file(store, &path, 64 << 20)
+                .map_err(crate::tree::ImageTreeError::from)?
+                .ok_or_else(|| {
+                    BuildError::Invalid(format!(
+                        "stub image {} has no /{path} (see kernels/pack-efi-stub.sh)",
+                        img.reference
+                    ))
+                })?;
+            // Validate now; write_outputs parses it again from these bytes.
+            crate::uki::Stub::parse(&img.reference.to_string(), bytes.clone(), &arch)?;
+            Some(bytes)
+        }
+        None => None,
+    };
     // The kernel is stored as a blob of its own: it is an output, and the cache keeps outputs.
     let (_, mut r) = kernel_tree
         .open_file(store, "kernel")
@@ -784,5 +936,15 @@ fn assemble(
             Ok(s)
         })
         .collect::<Result<_, BuildError>>()?;
-    Ok((segments, kernel_blob))
+    let ports = pod
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().map(|p| p.container_port))
+        .collect();
+    Ok(Assembled {
+        segments,
+        kernel: kernel_blob,
+        stub,
+        ports,
+    })
 }

@@ -497,6 +497,20 @@ impl Tree {
         Ok(Some(v))
     }
 
+    /// The first `n` bytes of a file (or fewer if it is shorter).
+    pub fn read_head(&self, store: &Store, path: &str, n: u64) -> Result<Vec<u8>, TreeError> {
+        let Some((_, r)) = self.open_file(store, path)? else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{path} is not in the image"),
+            )
+            .into());
+        };
+        let mut v = Vec::new();
+        r.take(n).read_to_end(&mut v)?;
+        Ok(v)
+    }
+
     /// A reader over a file's bytes (for files too large to read whole), with
     /// where the bytes live.
     pub fn open_file(

@@ -19,10 +19,11 @@ cat /containers/web/rootfs/www/index.html
 poweroff -f
 "#;
 
-#[test]
-fn kernel_and_initrd_boot_with_qemu_direct_kernel_boot() {
-    let layout = debian_kernel("amd64");
-    busybox_image(&layout, "test-init", "init", TEST_INIT, "linux/amd64");
+/// Build the boot fixture for `arch` with `formats`; returns (tmp dir, out dir).
+fn build_fixture(arch: &str, formats: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let layout = debian_kernel(arch);
+    let platform = format!("linux/{arch}");
+    busybox_image(&layout, "test-init", "init", TEST_INIT, &platform);
     let tmp = tempfile::tempdir().unwrap();
     let www = tmp.path().join("web");
     std::fs::create_dir_all(www.join("www")).unwrap();
@@ -35,29 +36,66 @@ fn kernel_and_initrd_boot_with_qemu_direct_kernel_boot() {
         &format!("oci:{}:web", layout.display()),
         "--cmd",
         "/bin/sh",
+        "--platform",
+        &platform,
     ]);
     assert!(ok, "{err}");
-    busybox_image(&layout, "sidecar", "", "", "linux/amd64");
+    busybox_image(&layout, "sidecar", "", "", &platform);
     let l = layout.display();
     let manifest = tmp.path().join("pod.yml");
     std::fs::write(
         &manifest,
         format!(
-            "name: boot-test\ncontainers:\n  web:\n    image: oci:{l}:web\n    ports: [80]\n  sidecar:\n    image: oci:{l}:sidecar\ni2kit:\n  kernel: oci:{l}:kernel\n  init: oci:{l}:test-init\n  stub: oci:{l}:test-init\n  profile: qemu\n"
+            "name: boot-test\ncontainers:\n  web:\n    image: oci:{l}:web\n    ports: [80]\n  sidecar:\n    image: oci:{l}:sidecar\ni2kit:\n  kernel: oci:{l}:kernel\n  init: oci:{l}:test-init\n  stub: oci:{l}:stub\n  profile: qemu\n  cmdline: panic=-1\n  platform: {platform}\n"
         ),
     )
     .unwrap();
     let out = tmp.path().join("out");
     let store = tmp.path().join("store");
-    let (ok, _, err) = run(&[
-        "build",
-        "--store",
-        store.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        manifest.to_str().unwrap(),
-    ]);
+    let mut args = vec![
+        "build".to_string(),
+        "--store".into(),
+        store.display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    for f in formats {
+        args.push("--format".into());
+        args.push(f.to_string());
+    }
+    args.push(manifest.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = run(&args);
     assert!(ok, "{err}");
+    (tmp, out)
+}
+
+const MARKERS: &[&str] = &[
+    "I2KIT-TEST-INIT up on 6.1",
+    "I2KIT-CONTAINERS: sidecar web",
+    "I2KIT-MODULES-PRESENT",
+    "I2KIT-PODJSON-OK",
+    "I2KIT-WEB-CONTENT",
+];
+
+fn assert_booted(boot: &common::boot::Boot) {
+    for marker in MARKERS {
+        assert!(
+            boot.console.contains(marker),
+            "{marker} not on the console:\n{}",
+            boot.console
+        );
+    }
+    assert!(
+        boot.exited,
+        "QEMU did not power off by itself within {:?}:\n{}",
+        boot.took, boot.console
+    );
+}
+
+#[test]
+fn kernel_and_initrd_boot_with_qemu_direct_kernel_boot() {
+    let (_tmp, out) = build_fixture("amd64", &["kernel+initrd"]);
     let cmdline = std::fs::read_to_string(out.join("boot-test-cmdline")).unwrap();
     let args: Vec<String> = [
         "-machine",
@@ -79,22 +117,78 @@ fn kernel_and_initrd_boot_with_qemu_direct_kernel_boot() {
     .map(|s| s.to_string())
     .collect();
     let boot = qemu("qemu-system-x86_64", &args, Duration::from_secs(120));
-    for marker in [
-        "I2KIT-TEST-INIT up on 6.1",
-        "I2KIT-CONTAINERS: sidecar web",
-        "I2KIT-MODULES-PRESENT",
-        "I2KIT-PODJSON-OK",
-        "I2KIT-WEB-CONTENT",
-    ] {
-        assert!(
-            boot.console.contains(marker),
-            "{marker} not on the console:\n{}",
-            boot.console
-        );
+    assert_booted(&boot);
+}
+
+fn uefi_args(arch: &str, tmp: &std::path::Path, disk: &std::path::Path, nvme: bool) -> Vec<String> {
+    let (code, vars) = common::boot::firmware(arch, tmp);
+    let mut a: Vec<String> = match arch {
+        "amd64" => ["-machine", "q35,accel=tcg"].map(String::from).to_vec(),
+        _ => ["-machine", "virt,accel=tcg", "-cpu", "cortex-a72"]
+            .map(String::from)
+            .to_vec(),
+    };
+    a.extend(["-m", "512", "-nographic", "-no-reboot", "-net", "none"].map(String::from));
+    a.push("-drive".into());
+    a.push(format!(
+        "if=pflash,format=raw,unit=0,readonly=on,file={}",
+        code.display()
+    ));
+    a.push("-drive".into());
+    a.push(format!(
+        "if=pflash,format=raw,unit=1,file={}",
+        vars.display()
+    ));
+    if nvme {
+        a.extend([
+            "-drive".into(),
+            format!(
+                "if=none,id=d0,format=raw,snapshot=on,file={}",
+                disk.display()
+            ),
+        ]);
+        a.extend(["-device".into(), "nvme,serial=i2kit0,drive=d0".into()]);
+    } else {
+        a.extend([
+            "-drive".into(),
+            format!("if=virtio,format=raw,snapshot=on,file={}", disk.display()),
+        ]);
     }
+    a
+}
+
+/// The default output, NAME.raw (GPT + FAT32 ESP + UKI), boots under OVMF from virtio-blk.
+#[test]
+fn raw_disk_boots_under_ovmf_from_virtio_blk() {
+    let (tmp, out) = build_fixture("amd64", &["raw", "uki"]);
+    let raw = out.join("boot-test.raw");
+    assert!(out.join("boot-test.efi").exists());
+    let v = std::process::Command::new("sgdisk")
+        .arg("-v")
+        .arg(&raw)
+        .output()
+        .unwrap();
     assert!(
-        boot.exited,
-        "QEMU did not power off by itself within {:?}:\n{}",
-        boot.took, boot.console
+        String::from_utf8_lossy(&v.stdout).contains("No problems found"),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
     );
+    let boot = qemu(
+        "qemu-system-x86_64",
+        &uefi_args("amd64", tmp.path(), &raw, false),
+        Duration::from_secs(180),
+    );
+    assert_booted(&boot);
+}
+
+/// The same image from NVMe, how EBS volumes appear on AWS Nitro.
+#[test]
+fn raw_disk_boots_under_ovmf_from_nvme() {
+    let (tmp, out) = build_fixture("amd64", &["raw"]);
+    let boot = qemu(
+        "qemu-system-x86_64",
+        &uefi_args("amd64", tmp.path(), &out.join("boot-test.raw"), true),
+        Duration::from_secs(180),
+    );
+    assert_booted(&boot);
 }

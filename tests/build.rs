@@ -229,6 +229,8 @@ fn builds_kernel_initrd_with_pod_json_and_layout() {
     let out = inp.root.join("out");
     let (ok, stdout, err) = run(&[
         "build",
+        "--format",
+        "kernel+initrd",
         "--store",
         store.to_str().unwrap(),
         "-o",
@@ -312,6 +314,8 @@ fn builds_kernel_initrd_with_pod_json_and_layout() {
     // A second build is a cache hit with the same outputs.
     let (ok, stdout, err) = run(&[
         "build",
+        "--format",
+        "kernel+initrd",
         "--store",
         store.to_str().unwrap(),
         "-o",
@@ -331,6 +335,8 @@ fn changing_one_env_var_rebuilds_only_pod_json() {
     let a = inp.manifest("a.yml", "one");
     let (ok, _, err) = run(&[
         "build",
+        "--format",
+        "kernel+initrd",
         "--store",
         store.to_str().unwrap(),
         "-o",
@@ -341,6 +347,8 @@ fn changing_one_env_var_rebuilds_only_pod_json() {
     let b = inp.manifest("b.yml", "two");
     let (ok, stdout, err) = run(&[
         "build",
+        "--format",
+        "kernel+initrd",
         "--store",
         store.to_str().unwrap(),
         "-o",
@@ -381,7 +389,7 @@ fn reproducible_across_environments() {
         let tmpdir = cwd.join("tmp");
         std::fs::create_dir_all(&tmpdir).unwrap();
         let script = format!(
-            "umask {umask}; exec \"$0\" build --reproducible --locked --store \"$1\" -o \"$2\" \"$3\"",
+            "umask {umask}; exec \"$0\" build --format kernel+initrd --reproducible --locked --store \"$1\" -o \"$2\" \"$3\"",
         );
         let (ok, _, err) = run_cmd(
             Command::new("sh")
@@ -429,6 +437,8 @@ fn plan_lock_and_reproducible_rules() {
     let store = inp.root.join("store");
     let (ok, stdout, err) = run(&[
         "build",
+        "--format",
+        "kernel+initrd",
         "--dry-run",
         "--store",
         store.to_str().unwrap(),
@@ -449,6 +459,8 @@ fn plan_lock_and_reproducible_rules() {
     );
     let (ok, _, err) = run(&[
         "build",
+        "--format",
+        "kernel+initrd",
         "--locked",
         "--store",
         store.to_str().unwrap(),
@@ -457,6 +469,8 @@ fn plan_lock_and_reproducible_rules() {
     assert!(!ok && err.contains("--locked"), "{err}");
     let (ok, _, err) = run(&[
         "build",
+        "--format",
+        "kernel+initrd",
         "--reproducible",
         "--store",
         store.to_str().unwrap(),
@@ -466,6 +480,8 @@ fn plan_lock_and_reproducible_rules() {
     // A changed compression setting is a different build key.
     let (_, gz, _) = run(&[
         "build",
+        "--format",
+        "kernel+initrd",
         "--dry-run",
         "--compression",
         "gzip",
@@ -497,7 +513,7 @@ fn golden_digests() {
         ),
         (
             "golden.provenance.json",
-            "sha256:dcaab47ae1fab8bf168433edd7e7e3a5853b515511657353b4f433a463854f16",
+            "sha256:4a6f2fa6b1ac901fe61528f55ad2865ab6043810eb1faf824b92d29ee3e4d69d",
         ),
     ];
     let inp = inputs();
@@ -509,6 +525,8 @@ fn golden_digests() {
     .unwrap();
     let (ok, _, err) = run_cmd(common::i2kit().current_dir(&inp.root).args([
         "build",
+        "--format",
+        "kernel+initrd",
         "--store",
         "store",
         "-o",
@@ -540,6 +558,8 @@ fn gzip_and_uncompressed_initrds_are_valid() {
         let out = inp.root.join(format!("out-{c}"));
         let (ok, _, err) = run(&[
             "build",
+            "--format",
+            "kernel+initrd",
             "--compression",
             c,
             "--store",
@@ -568,6 +588,8 @@ fn gzip_and_uncompressed_initrds_are_valid() {
     }
     let (ok, _, err) = run(&[
         "build",
+        "--format",
+        "kernel+initrd",
         "--compression",
         "gzip",
         "--compression-level",

@@ -19,8 +19,9 @@ pub struct Args {
     /// Output directory.
     #[arg(long, short = 'o', default_value = "out")]
     output: PathBuf,
-    /// Output format (repeatable): kernel+initrd.
-    #[arg(long = "format", default_value = "kernel+initrd")]
+    /// Output format, repeatable: raw (GPT disk with a UEFI ESP), uki (Unified
+    /// Kernel Image), kernel+initrd (for direct kernel boot).
+    #[arg(long = "format", default_value = "raw")]
     formats: Vec<Format>,
     /// Initramfs segment compression: zstd (kernel ≥ 5.9), gzip or none.
     #[arg(long, default_value = "zstd")]

@@ -7,32 +7,70 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// An OCI layout holding `kernel` (Debian's cloud kernel for `arch`), packed
-/// once per `cargo test` target directory.
+/// An OCI layout holding `kernel` (Debian's cloud kernel for `arch`) and
+/// `stub` (systemd's EFI stub), packed once per `cargo test` target directory
+/// with the scripts in kernels/. Each call gets its own copy of the layout.
 pub fn debian_kernel(arch: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("debian-kernel-{arch}"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("debian-{arch}"));
     std::fs::create_dir_all(&dir).unwrap();
     let lock = std::fs::File::create(dir.join(".lock")).unwrap();
     lock.lock().unwrap();
     let layout = dir.join("layout");
-    if !layout.join("index.json").exists() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/pack-debian-kernel.sh");
-        let out = Command::new(script)
-            .args([
-                arch,
-                layout.to_str().unwrap(),
-                "kernel",
-                env!("CARGO_BIN_EXE_i2kit"),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "packing the Debian kernel failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let done = dir.join("done");
+    if !done.exists() {
+        for (script, name) in [
+            ("kernels/pack-debian-kernel.sh", "kernel"),
+            ("kernels/pack-efi-stub.sh", "stub"),
+        ] {
+            let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
+                .args([
+                    arch,
+                    layout.to_str().unwrap(),
+                    name,
+                    env!("CARGO_BIN_EXE_i2kit"),
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{script} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::fs::write(&done, b"").unwrap();
     }
-    layout
+    // A private copy: tests add images to their layout concurrently.
+    let copy = tempfile::Builder::new()
+        .prefix("layout-")
+        .tempdir_in(&dir)
+        .unwrap()
+        .keep();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", layout.display()))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    copy
+}
+
+/// UEFI firmware for QEMU: (code, a fresh copy of the vars file in `dir`).
+pub fn firmware(arch: &str, dir: &Path) -> (PathBuf, PathBuf) {
+    let (code, vars) = match arch {
+        "amd64" => (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        _ => (
+            "/usr/share/AAVMF/AAVMF_CODE.fd",
+            "/usr/share/AAVMF/AAVMF_VARS.fd",
+        ),
+    };
+    let copy = dir.join("vars.fd");
+    std::fs::copy(vars, &copy)
+        .unwrap_or_else(|e| panic!("{vars}: {e} (apt-get install ovmf qemu-efi-aarch64)"));
+    (PathBuf::from(code), copy)
 }
 
 /// Pack a busybox init image whose /init runs `script` (a shell script body).
