@@ -214,21 +214,18 @@ pub fn write_esp<W: Write>(
             cur = id;
         }
     }
-    for n in &mut nodes {
-        n.children.sort_by_key(|&c| c); // creation order; names are unique
-    }
     // Allocate clusters in node order: directories and files consecutively.
     let mut next = 2u32;
-    for i in 0..nodes.len() {
-        let bytes = if nodes[i].dir {
+    for n in &mut nodes {
+        let bytes = if n.dir {
             // Root: label + entries; others: ".", ".." + entries.
-            (nodes[i].children.len() as u64 + 2) * 32
+            (n.children.len() as u64 + 2) * 32
         } else {
-            nodes[i].len
+            n.len
         };
-        let clusters = bytes.div_ceil(cluster_bytes).max(u64::from(nodes[i].dir)) as u32;
-        nodes[i].clusters = clusters;
-        nodes[i].cluster = if clusters == 0 { 0 } else { next };
+        let clusters = bytes.div_ceil(cluster_bytes).max(u64::from(n.dir)) as u32;
+        n.clusters = clusters;
+        n.cluster = if clusters == 0 { 0 } else { next };
         next += clusters;
     }
     let used = u64::from(next - 2);
