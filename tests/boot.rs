@@ -192,3 +192,46 @@ fn raw_disk_boots_under_ovmf_from_nvme() {
     );
     assert_booted(&boot);
 }
+
+/// The arm64 image (Debian's arm64 cloud kernel, systemd's aa64 stub, arm64
+/// busybox) boots under AAVMF.
+#[test]
+fn arm64_raw_disk_boots_under_aavmf() {
+    let (tmp, out) = build_fixture("arm64", &["raw"]);
+    let raw = out.join("boot-test.raw");
+    let boot = qemu(
+        "qemu-system-aarch64",
+        &uefi_args("arm64", tmp.path(), &raw, false),
+        Duration::from_secs(300),
+    );
+    assert_booted(&boot);
+}
+
+/// A kernel of the wrong architecture is refused before any output is written.
+#[test]
+fn wrong_architecture_kernel_is_refused() {
+    let layout = debian_kernel("amd64");
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layout.display();
+    let manifest = tmp.path().join("pod.yml");
+    std::fs::write(
+        &manifest,
+        format!("name: wrong\ncontainers:\n  web:\n    image: oci:{l}:stub\ni2kit:\n  kernel: oci:{l}:kernel\n  init: oci:{l}:stub\n  stub: oci:{l}:stub\n  platform: linux/arm64\n  modules: []\n"),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let (ok, _, err) = run(&[
+        "build",
+        "--store",
+        tmp.path().join("s").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        manifest.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("is a linux/amd64 image, but linux/arm64 was requested"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output written");
+}

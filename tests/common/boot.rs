@@ -37,6 +37,22 @@ pub fn debian_kernel(arch: &str) -> PathBuf {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        if arch != "amd64" {
+            let out =
+                Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/fetch-deb.sh"))
+                    .args([
+                        arch,
+                        "busybox-static",
+                        dir.join("busybox").to_str().unwrap(),
+                    ])
+                    .output()
+                    .unwrap();
+            assert!(
+                out.status.success(),
+                "fetching busybox-static:{arch}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::fs::write(&done, b"").unwrap();
     }
     // A private copy: tests add images to their layout concurrently.
@@ -78,7 +94,16 @@ pub fn busybox_image(layout: &Path, name: &str, path_in_image: &str, script: &st
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
+    let busybox = match platform {
+        "linux/amd64" => PathBuf::from("/bin/busybox"),
+        other => {
+            let arch = other.rsplit('/').next().unwrap();
+            Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("debian-{arch}/busybox/bin/busybox"))
+        }
+    };
+    std::fs::copy(&busybox, root.join("bin/busybox"))
+        .unwrap_or_else(|e| panic!("{}: {e} (busybox-static)", busybox.display()));
     for app in [
         "sh", "mount", "ls", "echo", "cat", "grep", "tr", "poweroff", "sleep", "httpd", "wc",
         "head", "uname",
