@@ -35,6 +35,7 @@ pub mod pack;
 pub mod pod_spec;
 pub mod reference;
 pub mod registry;
+pub mod run;
 pub mod store;
 pub mod tree;
 pub mod uki;

@@ -120,47 +120,29 @@ fn kernel_and_initrd_boot_with_qemu_direct_kernel_boot() {
     assert_booted(&boot);
 }
 
-fn uefi_args(arch: &str, tmp: &std::path::Path, disk: &std::path::Path, nvme: bool) -> Vec<String> {
-    let (code, vars) = common::boot::firmware(arch, tmp);
-    let mut a: Vec<String> = match arch {
-        "amd64" => ["-machine", "q35,accel=tcg"].map(String::from).to_vec(),
-        _ => ["-machine", "virt,accel=tcg", "-cpu", "cortex-a72"]
-            .map(String::from)
-            .to_vec(),
-    };
-    a.extend(["-m", "512", "-nographic", "-no-reboot", "-net", "none"].map(String::from));
-    a.push("-drive".into());
-    a.push(format!(
-        "if=pflash,format=raw,unit=0,readonly=on,file={}",
-        code.display()
-    ));
-    a.push("-drive".into());
-    a.push(format!(
-        "if=pflash,format=raw,unit=1,file={}",
-        vars.display()
-    ));
-    if nvme {
-        a.extend([
-            "-drive".into(),
-            format!(
-                "if=none,id=d0,format=raw,snapshot=on,file={}",
-                disk.display()
-            ),
-        ]);
-        a.extend(["-device".into(), "nvme,serial=i2kit0,drive=d0".into()]);
-    } else {
-        a.extend([
-            "-drive".into(),
-            format!("if=virtio,format=raw,snapshot=on,file={}", disk.display()),
-        ]);
-    }
-    a
+/// Boot `raw` with `i2kit run` (the way a user would), TCG fallback included.
+fn i2kit_run(raw: &std::path::Path, extra: &[&str], timeout: u64) -> common::boot::Boot {
+    let port = common::free_port().to_string();
+    let mut cmd = common::i2kit();
+    cmd.args([
+        "run",
+        "--accel",
+        "auto",
+        "--mem",
+        "512",
+        "-p",
+        &format!("{port}:80"),
+    ])
+    .args(extra)
+    .arg(raw);
+    common::boot::boot(&mut cmd, Duration::from_secs(timeout))
 }
 
-/// The default output, NAME.raw (GPT + FAT32 ESP + UKI), boots under OVMF from virtio-blk.
+/// The default output, NAME.raw (GPT + FAT32 ESP + UKI), boots under OVMF from
+/// virtio-blk through `i2kit run` (auto falls back to TCG where KVM is unusable).
 #[test]
 fn raw_disk_boots_under_ovmf_from_virtio_blk() {
-    let (tmp, out) = build_fixture("amd64", &["raw", "uki"]);
+    let (_tmp, out) = build_fixture("amd64", &["raw", "uki"]);
     let raw = out.join("boot-test.raw");
     assert!(out.join("boot-test.efi").exists());
     let v = std::process::Command::new("sgdisk")
@@ -173,37 +155,32 @@ fn raw_disk_boots_under_ovmf_from_virtio_blk() {
         "{}",
         String::from_utf8_lossy(&v.stdout)
     );
-    let boot = qemu(
-        "qemu-system-x86_64",
-        &uefi_args("amd64", tmp.path(), &raw, false),
-        Duration::from_secs(180),
-    );
+    let boot = i2kit_run(&raw, &[], 180);
     assert_booted(&boot);
 }
 
 /// The same image from NVMe, how EBS volumes appear on AWS Nitro.
 #[test]
 fn raw_disk_boots_under_ovmf_from_nvme() {
-    let (tmp, out) = build_fixture("amd64", &["raw"]);
-    let boot = qemu(
-        "qemu-system-x86_64",
-        &uefi_args("amd64", tmp.path(), &out.join("boot-test.raw"), true),
-        Duration::from_secs(180),
-    );
+    let (_tmp, out) = build_fixture("amd64", &["raw"]);
+    let boot = i2kit_run(&out.join("boot-test.raw"), &["--nvme"], 180);
     assert_booted(&boot);
 }
 
 /// The arm64 image (Debian's arm64 cloud kernel, systemd's aa64 stub, arm64
-/// busybox) boots under AAVMF.
+/// busybox) boots under AAVMF; `i2kit run` takes the architecture from the
+/// provenance next to the image.
 #[test]
 fn arm64_raw_disk_boots_under_aavmf() {
-    let (tmp, out) = build_fixture("arm64", &["raw"]);
+    let (_tmp, out) = build_fixture("arm64", &["raw"]);
     let raw = out.join("boot-test.raw");
-    let boot = qemu(
-        "qemu-system-aarch64",
-        &uefi_args("arm64", tmp.path(), &raw, false),
-        Duration::from_secs(300),
+    let (ok, cmd, err) = run(&["run", "--dry-run", raw.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        cmd.starts_with("qemu-system-aarch64 -machine virt,accel=tcg -cpu cortex-a72"),
+        "{cmd}"
     );
+    let boot = i2kit_run(&raw, &[], 300);
     assert_booted(&boot);
 }
 

@@ -10,6 +10,7 @@ mod image;
 mod lock;
 mod progress;
 mod pull;
+mod run;
 mod store;
 
 /// i2kit: turn a Kubernetes Deployment into a bootable, reproducible VM image.
@@ -36,6 +37,8 @@ enum Command {
     Pull(pull::Args),
     /// Pin every image of a manifest (kernel, init, stub, containers) in i2kit.lock.
     Lock(lock::Args),
+    /// Boot a raw image locally in QEMU (UEFI; serial console on this terminal).
+    Run(run::Args),
     /// Inspect and maintain the store.
     #[command(subcommand)]
     Store(store::Command),
@@ -100,6 +103,7 @@ pub fn main() -> ExitCode {
         Command::Lock(a) => lock::run(&cli, a),
         Command::Store(c) => store::run(&cli, c),
         Command::Image(c) => image::run(c),
+        Command::Run(a) => run::run(a),
     };
     match result {
         Ok(code) => code,

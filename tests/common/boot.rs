@@ -140,32 +140,47 @@ pub struct Boot {
 
 /// Run QEMU with `args`, capture the serial console, kill it after `timeout`.
 pub fn qemu(bin: &str, args: &[String], timeout: Duration) -> Boot {
+    boot(Command::new(bin).args(args), timeout)
+}
+
+/// Run a booting command (QEMU, or `i2kit run`) in its own process group,
+/// capture stdout, and kill the whole group after `timeout`.
+pub fn boot(cmd: &mut Command, timeout: Duration) -> Boot {
+    use std::os::unix::process::CommandExt;
     let start = Instant::now();
-    let mut child = Command::new(bin)
-        .args(args)
+    let mut child = cmd
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: {e} (apt-get install qemu-system-x86 qemu-system-arm)"));
+        .unwrap_or_else(|e| {
+            panic!("{cmd:?}: {e} (apt-get install qemu-system-x86 qemu-system-arm)")
+        });
     let mut out = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut v = Vec::new();
         let _ = out.read_to_end(&mut v);
         v
     });
+    let pgid = child.id() as i32;
     let exited = loop {
         if child.try_wait().unwrap().is_some() {
             break true;
         }
         if start.elapsed() > timeout {
-            let _ = child.kill();
+            // SAFETY: signalling the process group this function created.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
             let _ = child.wait();
             break false;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let console = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let console = String::from_utf8_lossy(&reader.join().unwrap()).into_owned() + &err;
     Boot {
         console,
         exited,
