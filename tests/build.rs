@@ -30,6 +30,46 @@ fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+fn put16(b: &mut [u8], o: usize, v: u16) {
+    b[o..o + 2].copy_from_slice(&v.to_le_bytes());
+}
+fn put32(b: &mut [u8], o: usize, v: u32) {
+    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// A file with an MZ/PE header of the given machine (what the build checks a kernel for).
+fn fake_pe(machine: u16, tail: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 0x100];
+    b[..2].copy_from_slice(b"MZ");
+    put32(&mut b, 0x3c, 0x80);
+    b[0x80..0x84].copy_from_slice(b"PE\0\0");
+    put16(&mut b, 0x84, machine);
+    b.extend_from_slice(tail);
+    b
+}
+
+/// A minimal PE32+ x86-64 EFI "stub": two sections, room for four more headers.
+fn fake_stub() -> Vec<u8> {
+    let mut b = fake_pe(0x8664, b"");
+    b.resize(0x600, 0);
+    put16(&mut b, 0x86, 1); // sections
+    put16(&mut b, 0x94, 240); // optional header size
+    let opt = 0x98;
+    put16(&mut b, opt, 0x20b);
+    put32(&mut b, opt + 32, 0x1000);
+    put32(&mut b, opt + 36, 0x200);
+    put32(&mut b, opt + 56, 0x2000);
+    put32(&mut b, opt + 60, 0x400);
+    put32(&mut b, opt + 108, 16);
+    let h = opt + 240;
+    b[h..h + 5].copy_from_slice(b".text");
+    put32(&mut b, h + 8, 0x10);
+    put32(&mut b, h + 12, 0x1000);
+    put32(&mut b, h + 16, 0x200);
+    put32(&mut b, h + 20, 0x400);
+    b
+}
+
 fn pack(dir: &Path, layout: &Path, name: &str, extra: &[&str]) {
     let (ok, _, err) = run(&[
         &[
@@ -53,7 +93,7 @@ fn inputs() -> Inputs {
     let layout = root.join("layout");
     let k = root.join("kernel");
     std::fs::create_dir_all(&k).unwrap();
-    std::fs::write(k.join("kernel"), b"MZ fake bzImage for tests").unwrap();
+    std::fs::write(k.join("kernel"), fake_pe(0x8664, b"fake bzImage for tests")).unwrap();
     let rel = "lib/modules/6.1.0-test";
     std::fs::write(
         k.join("kernel.tar"),
@@ -67,6 +107,10 @@ fn inputs() -> Inputs {
     )
     .unwrap();
     pack(&k, &layout, "kernel", &[]);
+    let stub = root.join("stub/usr/lib/systemd/boot/efi");
+    std::fs::create_dir_all(&stub).unwrap();
+    std::fs::write(stub.join("linuxx64.efi.stub"), fake_stub()).unwrap();
+    pack(&root.join("stub"), &layout, "stub", &[]);
     let init = root.join("init");
     std::fs::create_dir_all(init.join("sbin")).unwrap();
     std::fs::write(init.join("sbin/i2kit-init"), b"#!/bin/sh\necho init\n").unwrap();
@@ -123,7 +167,7 @@ metadata:
   annotations:
     i2kit.dev/kernel: oci:{l}:kernel
     i2kit.dev/init: oci:{l}:init
-    i2kit.dev/stub: oci:{l}:init
+    i2kit.dev/stub: oci:{l}:stub
     i2kit.dev/profile: qemu
     i2kit.dev/modules: virtio_net
 spec:
@@ -258,7 +302,7 @@ fn builds_kernel_initrd_with_pod_json_and_layout() {
     );
     assert_eq!(
         std::fs::read(out.join("shop-kernel")).unwrap(),
-        b"MZ fake bzImage for tests"
+        fake_pe(0x8664, b"fake bzImage for tests")
     );
     assert_eq!(
         std::fs::read_to_string(out.join("shop-cmdline")).unwrap(),
@@ -389,7 +433,7 @@ fn reproducible_across_environments() {
         let tmpdir = cwd.join("tmp");
         std::fs::create_dir_all(&tmpdir).unwrap();
         let script = format!(
-            "umask {umask}; exec \"$0\" build --format kernel+initrd --reproducible --locked --store \"$1\" -o \"$2\" \"$3\"",
+            "umask {umask}; exec \"$0\" build --format kernel+initrd --format raw --format uki --reproducible --locked --store \"$1\" -o \"$2\" \"$3\"",
         );
         let (ok, _, err) = run_cmd(
             Command::new("sh")
@@ -426,7 +470,11 @@ fn reproducible_across_environments() {
         &inp.root.join("cwd2/deeper"),
     );
     let (d1, d2) = (digests(&o1), digests(&o2));
-    assert_eq!(d1.len(), 4);
+    assert_eq!(
+        d1.len(),
+        6,
+        "kernel, initrd, cmdline, efi, raw, provenance: {d1:?}"
+    );
     assert_eq!(d1, d2);
 }
 
@@ -509,24 +557,36 @@ fn golden_digests() {
         ),
         (
             "golden-kernel",
-            "sha256:e4aba0abb11083501661f41ba8e9e3d408c0a8561c17e87806aeffe12d24209f",
+            "sha256:7af7d5191ba23d527e0269432e3f01f48849cf729feed3a94a2bdae576bbbc3b",
+        ),
+        (
+            "golden.efi",
+            "sha256:eb556f3c63a7536ef05e6b29a7293d999e8ce62aff46194cc8ed78ffa99ca119",
         ),
         (
             "golden.provenance.json",
-            "sha256:4a6f2fa6b1ac901fe61528f55ad2865ab6043810eb1faf824b92d29ee3e4d69d",
+            "sha256:b1465b586718bf87071acb3f375a3bf5b8420de1175a5db129fcf07ce693f256",
+        ),
+        (
+            "golden.raw",
+            "sha256:8ba7d79c54c6c8a8025558b81917c2e8040a769adb455172cc46730c5c98d421",
         ),
     ];
     let inp = inputs();
     // Relative oci: paths keep the temporary directory out of the plan.
     std::fs::write(
         inp.root.join("golden.yml"),
-        "name: golden\ncontainers:\n  web:\n    image: oci:layout:web\n    ports: [80]\n    environment: [A=1]\ni2kit:\n  kernel: oci:layout:kernel\n  init: oci:layout:init\n  stub: oci:layout:init\n  modules: [virtio_net]\n",
+        "name: golden\ncontainers:\n  web:\n    image: oci:layout:web\n    ports: [80]\n    environment: [A=1]\ni2kit:\n  kernel: oci:layout:kernel\n  init: oci:layout:init\n  stub: oci:layout:stub\n  modules: [virtio_net]\n",
     )
     .unwrap();
     let (ok, _, err) = run_cmd(common::i2kit().current_dir(&inp.root).args([
         "build",
         "--format",
         "kernel+initrd",
+        "--format",
+        "raw",
+        "--format",
+        "uki",
         "--store",
         "store",
         "-o",
