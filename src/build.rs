@@ -161,6 +161,8 @@ pub struct BuildReport {
     pub outputs: Vec<Output>,
     /// Segments (empty on a cache hit).
     pub segments: Vec<Segment>,
+    /// Wall-clock seconds per stage (measurements only: never part of any output).
+    pub timings: BTreeMap<String, f64>,
 }
 
 /// Build errors.
@@ -365,7 +367,10 @@ impl Builder {
         lock: Option<(&Path, &LockFile)>,
         opts: &BuildOptions,
     ) -> Result<BuildReport, BuildError> {
+        let t0 = std::time::Instant::now();
         let plan = self.plan(pod, lock, opts).await?;
+        let mut timings = BTreeMap::new();
+        timings.insert("plan".to_string(), t0.elapsed().as_secs_f64());
         let key = plan.build_key();
         (self.build_events)(&BuildEvent::Planned { build_key: key });
         if let Some(report) = self.cached_outputs(key, &opts.output_dir)? {
@@ -390,7 +395,9 @@ impl Builder {
             self.events.clone(),
             pinned.iter().map(|(r, _)| r),
         );
+        let t = std::time::Instant::now();
         let resolved = fetcher.pull(&pinned).await?;
+        timings.insert("fetch".to_string(), t.elapsed().as_secs_f64());
         let by_role: BTreeMap<&String, ResolvedImage> = plan.inputs.keys().zip(resolved).collect();
         let inputs = Inputs {
             kernel: by_role[&"kernel".to_string()].clone(),
@@ -406,11 +413,22 @@ impl Builder {
         let plan2 = plan.clone();
         let opts2 = opts.clone();
         let sink = self.build_events.clone();
+        let t = std::time::Instant::now();
         let assembled =
             tokio::task::spawn_blocking(move || assemble(&store, &plan2, &inputs, &opts2, &sink))
                 .await
                 .map_err(|e| BuildError::Invalid(format!("build task failed: {e}")))??;
-        self.write_outputs(&plan, key, assembled, &opts.output_dir)
+        timings.insert(
+            "trees and initramfs segments".to_string(),
+            t.elapsed().as_secs_f64(),
+        );
+        let t = std::time::Instant::now();
+        let mut report =
+            self.write_outputs(&plan, key, assembled, &opts.output_dir, &mut timings)?;
+        timings.insert("outputs".to_string(), t.elapsed().as_secs_f64());
+        timings.insert("total".to_string(), t0.elapsed().as_secs_f64());
+        report.timings = timings;
+        Ok(report)
     }
 
     fn cached_outputs(
@@ -464,6 +482,7 @@ impl Builder {
             cached: true,
             outputs,
             segments: Vec::new(),
+            timings: BTreeMap::new(),
         }))
     }
 
@@ -487,6 +506,7 @@ impl Builder {
         key: Digest,
         a: Assembled,
         out_dir: &Path,
+        timings: &mut BTreeMap<String, f64>,
     ) -> Result<BuildReport, BuildError> {
         let Assembled {
             segments,
@@ -521,6 +541,7 @@ impl Builder {
             files.push((format!("{name}-cmdline"), cmd));
         }
         if let Some(stub) = stub {
+            let t = std::time::Instant::now();
             let arch = plan.platform.rsplit('/').next().unwrap_or_default();
             let stub = crate::uki::Stub::parse(&plan.inputs["stub"].reference, stub, arch)?;
             let osrel = crate::uki::os_release(name, &key.hex());
@@ -591,6 +612,7 @@ impl Builder {
                     .commit()?;
                 files.push((format!("{name}.raw"), raw));
             }
+            timings.insert("uki and raw disk".to_string(), t.elapsed().as_secs_f64());
         }
         let provenance = serde_json::json!({
             "buildKey": key,
@@ -652,6 +674,7 @@ impl Builder {
             cached: false,
             outputs,
             segments,
+            timings: BTreeMap::new(),
         })
     }
 }

@@ -81,14 +81,14 @@ def write_layout(dir, name, layers, arch="amd64", config_extra=None):
 def push(layout, name, dest):
     subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{name}", f"docker://{dest}"], check=True)
 
-def timed(cmd, env=None):
-    """Run cmd under /usr/bin/time; returns (seconds, peak RSS MiB)."""
+def timed(cmd, env=None, capture=False):
+    """Run cmd under /usr/bin/time; returns (seconds, peak RSS MiB), plus stdout if capture."""
     fd, out = tempfile.mkstemp(); os.close(fd)
     t = time.monotonic()
-    subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out] + cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out] + cmd, check=True, env=env, stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     dt = time.monotonic() - t
     rss = int(open(out).read().strip().splitlines()[-1]) / 1024
     os.unlink(out)
-    return dt, rss
+    return (dt, rss, p.stdout) if capture else (dt, rss)
 
 def median(xs): return statistics.median(xs)
