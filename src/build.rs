@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -133,6 +133,15 @@ impl Plan {
     /// sha256 of the canonical bytes.
     pub fn build_key(&self) -> Digest {
         Digest::of(&self.to_bytes())
+    }
+
+    /// The build key without the output formats: what identifiers inside the
+    /// image (GUIDs, volume id, `.osrel`) derive from, so `NAME.raw` has the
+    /// same bytes whichever other formats are built with it.
+    pub fn image_key(&self) -> Digest {
+        let mut p = self.clone();
+        p.formats.clear();
+        p.build_key()
     }
 }
 
@@ -486,6 +495,33 @@ impl Builder {
         }))
     }
 
+    /// The raw disk: GPT + an ESP holding the UKI at the removable-media path.
+    fn write_raw(
+        &self,
+        arch: &str,
+        mut uki: Box<dyn io::Read>,
+        uki_len: u64,
+        key: &Digest,
+        epoch: u64,
+    ) -> Result<Digest, BuildError> {
+        let boot = if arch == "arm64" {
+            "BOOTAA64.EFI"
+        } else {
+            "BOOTX64.EFI"
+        };
+        let mut esp = [crate::fat::EspFile {
+            path: vec!["EFI".into(), "BOOT".into(), boot.into()],
+            len: uki_len,
+            data: &mut uki,
+        }];
+        let mut w = io::BufWriter::with_capacity(1 << 20, self.store.blob_writer_new("raw disk")?);
+        crate::disk::write_disk(&mut esp, key, epoch, &mut w).map_err(|source| BuildError::Io {
+            path: "raw disk".into(),
+            source,
+        })?;
+        commit_buffered(w, "raw disk")
+    }
+
     fn copy_out(&self, digest: &Digest, path: &Path) -> Result<(), BuildError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let io_err = |source| BuildError::Io {
@@ -525,9 +561,6 @@ impl Builder {
         } else {
             format!("{console} {}\n", plan.pod.settings.cmdline)
         };
-        let mut w = self.store.blob_writer_new("initrd")?;
-        let (initrd, _) = initramfs::concat(&self.store, &segments, &mut w)?;
-        w.commit()?;
         let size_of = |d: &Digest| {
             fs::metadata(self.store.blob_path(d))
                 .map(|m| m.len())
@@ -535,6 +568,9 @@ impl Builder {
         };
         let mut files: Vec<(String, Digest)> = Vec::new();
         if plan.formats.contains(&Format::KernelInitrd) {
+            let mut w = self.store.blob_writer_new("initrd")?;
+            let (initrd, _) = initramfs::concat(&self.store, &segments, &mut w)?;
+            w.commit()?;
             let cmd = self.store.put_bytes("cmdline", cmdline.as_bytes(), None)?;
             files.push((format!("{name}-kernel"), kernel));
             files.push((format!("{name}-initrd.img"), initrd));
@@ -542,74 +578,66 @@ impl Builder {
         }
         if let Some(stub) = stub {
             let t = std::time::Instant::now();
-            let arch = plan.platform.rsplit('/').next().unwrap_or_default();
-            let stub = crate::uki::Stub::parse(&plan.inputs["stub"].reference, stub, arch)?;
-            let osrel = crate::uki::os_release(name, &key.hex());
-            let cmd = cmdline.trim_end();
-            let mut k = self.store.open_blob(&kernel)?;
-            let mut i = self.store.open_blob(&initrd)?;
-            let (mut o, mut c) = (osrel.as_bytes(), cmd.as_bytes());
-            let mut sections = [
-                crate::uki::Section {
-                    name: ".osrel",
-                    len: osrel.len() as u64,
-                    data: &mut o,
-                },
-                crate::uki::Section {
-                    name: ".cmdline",
-                    len: cmd.len() as u64,
-                    data: &mut c,
-                },
-                crate::uki::Section {
-                    name: ".initrd",
-                    len: size_of(&initrd),
-                    data: &mut i,
-                },
-                crate::uki::Section {
-                    name: ".linux",
-                    len: size_of(&kernel),
-                    data: &mut k,
-                },
-            ];
-            let mut w = io::BufWriter::with_capacity(1 << 20, self.store.blob_writer_new("UKI")?);
-            crate::uki::write_uki(stub, &mut sections, &mut w)?;
-            let uki = w
-                .into_inner()
-                .map_err(|e| BuildError::Io {
-                    path: "UKI".into(),
-                    source: e.into_error(),
-                })?
-                .commit()?;
-            if plan.formats.contains(&Format::Uki) {
-                files.push((format!("{name}.efi"), uki));
-            }
-            if plan.formats.contains(&Format::Raw) {
-                let boot = if arch == "arm64" {
-                    "BOOTAA64.EFI"
-                } else {
-                    "BOOTX64.EFI"
-                };
-                let mut u = self.store.open_blob(&uki)?;
-                let mut esp = [crate::fat::EspFile {
-                    path: vec!["EFI".into(), "BOOT".into(), boot.into()],
-                    len: size_of(&uki),
-                    data: &mut u,
-                }];
+            let image_key = plan.image_key();
+            let arch = plan
+                .platform
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let stub = crate::uki::Stub::parse(&plan.inputs["stub"].reference, stub, &arch)?;
+            let uki = UkiInputs {
+                store: self.store.clone(),
+                osrel: crate::uki::os_release(name, &image_key.hex()),
+                cmdline: cmdline.trim_end().to_string(),
+                kernel,
+                kernel_len: size_of(&kernel),
+                segments: segments.clone(),
+            };
+            let uki_len = stub.output_len(&uki.section_lens());
+            let uki_blob = if plan.formats.contains(&Format::Uki) {
                 let mut w =
-                    io::BufWriter::with_capacity(1 << 20, self.store.blob_writer_new("raw disk")?);
-                crate::disk::write_disk(&mut esp, &key, plan.epoch, &mut w).map_err(|source| {
-                    BuildError::Io {
-                        path: "raw disk".into(),
-                        source,
-                    }
+                    io::BufWriter::with_capacity(1 << 20, self.store.blob_writer_new("UKI")?);
+                uki.write(stub, &mut w)?;
+                let d = commit_buffered(w, "UKI")?;
+                files.push((format!("{name}.efi"), d));
+                Some(d)
+            } else {
+                // Only the disk wants the UKI: stream it straight into the ESP
+                // through a pipe instead of storing it first.
+                let (r, mut pw) = io::pipe().map_err(|source| BuildError::Io {
+                    path: "pipe".into(),
+                    source,
                 })?;
-                let raw = w
-                    .into_inner()
-                    .map_err(|e| BuildError::Io {
-                        path: "raw disk".into(),
-                        source: e.into_error(),
-                    })?
-                    .commit()?;
+                let writer = std::thread::spawn(move || -> Result<(), BuildError> {
+                    let mut w = io::BufWriter::with_capacity(1 << 20, &mut pw);
+                    uki.write(stub, &mut w)?;
+                    w.flush().map_err(|source| BuildError::Io {
+                        path: "UKI".into(),
+                        source,
+                    })?;
+                    Ok(())
+                });
+                if plan.formats.contains(&Format::Raw) {
+                    let raw =
+                        self.write_raw(&arch, Box::new(r), uki_len, &image_key, plan.epoch)?;
+                    files.push((format!("{name}.raw"), raw));
+                }
+                writer
+                    .join()
+                    .map_err(|_| BuildError::Invalid("the UKI writer panicked".into()))??;
+                None
+            };
+            if let Some(d) = uki_blob
+                && plan.formats.contains(&Format::Raw)
+            {
+                let raw = self.write_raw(
+                    &arch,
+                    Box::new(self.store.open_blob(&d)?),
+                    uki_len,
+                    &image_key,
+                    plan.epoch,
+                )?;
                 files.push((format!("{name}.raw"), raw));
             }
             timings.insert("uki and raw disk".to_string(), t.elapsed().as_secs_f64());
@@ -677,6 +705,73 @@ impl Builder {
             timings: BTreeMap::new(),
         })
     }
+}
+
+/// Everything the UKI is made of, owned so it can be written from another thread.
+struct UkiInputs {
+    store: Store,
+    osrel: String,
+    cmdline: String,
+    kernel: Digest,
+    kernel_len: u64,
+    segments: Vec<Segment>,
+}
+
+impl UkiInputs {
+    fn section_lens(&self) -> [u64; 4] {
+        let initrd: u64 = self.segments.iter().map(|s| s.size).sum();
+        [
+            self.osrel.len() as u64,
+            self.cmdline.len() as u64,
+            initrd,
+            self.kernel_len,
+        ]
+    }
+
+    /// Stub + .osrel + .cmdline + .initrd (the segments, concatenated) + .linux.
+    fn write(&self, stub: crate::uki::Stub, out: &mut dyn io::Write) -> Result<u64, BuildError> {
+        let lens = self.section_lens();
+        let mut initrd: Box<dyn io::Read> = Box::new(io::empty());
+        for s in &self.segments {
+            initrd = Box::new(initrd.chain(self.store.open_blob(&s.digest)?));
+        }
+        let mut k = self.store.open_blob(&self.kernel)?;
+        let (mut o, mut c) = (self.osrel.as_bytes(), self.cmdline.as_bytes());
+        let mut sections = [
+            crate::uki::Section {
+                name: ".osrel",
+                len: lens[0],
+                data: &mut o,
+            },
+            crate::uki::Section {
+                name: ".cmdline",
+                len: lens[1],
+                data: &mut c,
+            },
+            crate::uki::Section {
+                name: ".initrd",
+                len: lens[2],
+                data: &mut initrd,
+            },
+            crate::uki::Section {
+                name: ".linux",
+                len: lens[3],
+                data: &mut k,
+            },
+        ];
+        Ok(crate::uki::write_uki(stub, &mut sections, out)?)
+    }
+}
+
+fn commit_buffered(
+    w: io::BufWriter<crate::store::BlobWriter>,
+    what: &str,
+) -> Result<Digest, BuildError> {
+    let blob = w.into_inner().map_err(|e| BuildError::Io {
+        path: what.into(),
+        source: e.into_error(),
+    })?;
+    Ok(blob.commit()?)
 }
 
 fn segment_key(parts: &[&[u8]], plan: &Plan) -> Digest {

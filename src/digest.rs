@@ -176,7 +176,10 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// Copy with a 1 MiB buffer: `io::copy`'s 8 KiB buffer costs a syscall per
 /// 8 KiB when the writer is not a plain file (hashing writers, blob writers).
-pub fn copy_large(r: &mut dyn io::Read, w: &mut dyn Write) -> io::Result<u64> {
+pub fn copy_large<R: io::Read + ?Sized, W: Write + ?Sized>(
+    r: &mut R,
+    w: &mut W,
+) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {

@@ -214,6 +214,17 @@ impl Stub {
     }
 }
 
+impl Stub {
+    /// The size [`write_uki`] will produce for sections of these lengths.
+    pub fn output_len(&self, section_lens: &[u64]) -> u64 {
+        let mut raw = round_up(self.end_of_data, self.file_align);
+        for len in section_lens {
+            raw += round_up(*len, self.file_align);
+        }
+        raw
+    }
+}
+
 /// One section to append.
 pub struct Section<'a> {
     /// `.osrel`, `.cmdline`, `.initrd`, `.linux`.
@@ -226,7 +237,7 @@ pub struct Section<'a> {
 
 /// Write `stub` + `sections` (in order; `.linux` must be last) to `out`, streaming
 /// the section data. Returns the bytes written.
-pub fn write_uki<W: Write>(
+pub fn write_uki<W: Write + ?Sized>(
     stub: Stub,
     sections: &mut [Section],
     out: &mut W,
@@ -423,7 +434,9 @@ mod tests {
             },
         ];
         let mut out = Vec::new();
+        let predicted = stub.output_len(&[5, 13, 1000, 8]);
         let n = write_uki(stub, &mut secs, &mut out).unwrap();
+        assert_eq!(predicted, n);
         assert_eq!(n, out.len() as u64);
         assert_eq!(u16_at(&out, 0x86), Some(6));
         assert_eq!(u32_at(&out, 0x8c), Some(0), "symbol table pointer cleared");

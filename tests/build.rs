@@ -561,15 +561,15 @@ fn golden_digests() {
         ),
         (
             "golden.efi",
-            "sha256:eb556f3c63a7536ef05e6b29a7293d999e8ce62aff46194cc8ed78ffa99ca119",
+            "sha256:3c65903fc3f7eab06af7e44ce7a4b58bfedf210c686107dcc99c1f85f734a24e",
         ),
         (
             "golden.provenance.json",
-            "sha256:b1465b586718bf87071acb3f375a3bf5b8420de1175a5db129fcf07ce693f256",
+            "sha256:d3c59d6c1f83d0455dcbd55d24a44164d3903c68531d2cf947f78098ffcd4bfe",
         ),
         (
             "golden.raw",
-            "sha256:8ba7d79c54c6c8a8025558b81917c2e8040a769adb455172cc46730c5c98d421",
+            "sha256:d779f3ccba6a3696c52e55f2299c8a7394bf57b2ebf2516f4803eff38461d742",
         ),
     ];
     let inp = inputs();
@@ -608,6 +608,21 @@ fn golden_digests() {
         got, want,
         "output bytes changed (I2KIT_BLESS=1 prints the new digests)"
     );
+    // Built alone, the raw disk streams its UKI through a pipe: same bytes.
+    let (ok, _, err) = run_cmd(common::i2kit().current_dir(&inp.root).args([
+        "build",
+        "--format",
+        "raw",
+        "--store",
+        "store",
+        "-o",
+        "out-raw",
+        "golden.yml",
+    ]));
+    assert!(ok, "{err}");
+    let raw = digests(&inp.root.join("out-raw"));
+    assert_eq!(raw.get("golden.raw"), want.get("golden.raw"));
+    assert_eq!(raw.len(), 2, "raw and provenance only: {raw:?}");
 }
 
 #[test]
