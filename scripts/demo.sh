@@ -37,6 +37,8 @@ skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:httpd" "docker://$
 echo "== packing Debian's cloud kernel and a busybox init"
 kernels/pack-debian-kernel.sh amd64 "$work/layout" kernel "$I2KIT" 2>/dev/null
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:kernel" "docker://$reg/demo/kernel:6.1"
+kernels/pack-efi-stub.sh amd64 "$work/layout" stub "$I2KIT" 2>/dev/null
+skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:stub" "docker://$reg/demo/efi-stub:252"
 mkdir -p "$work/init/bin"
 cp /bin/busybox "$work/init/bin/busybox"
 cat > "$work/init/init" <<'SH'
@@ -66,7 +68,7 @@ containers:
 i2kit:
   kernel: $reg/demo/kernel:6.1
   init: $reg/demo/init:1
-  stub: $reg/demo/init:1
+  stub: $reg/demo/efi-stub:252
   profile: qemu
 YML
 "$I2KIT" lock --store "$work/store" "$work/nginx.yml"
@@ -77,13 +79,12 @@ echo "== skopeo reads i2kit's store as an OCI layout"
 skopeo inspect "oci:$work/store:$reg/demo/httpd:1" | head -6
 "$I2KIT" store verify --store "$work/store"
 
-echo "== building (reproducible, locked) into out/"
-"$I2KIT" build --store "$work/store" --reproducible --locked -o out "$work/nginx.yml"
+echo "== building (reproducible, locked) into out/: a UEFI disk (default), the UKI, and kernel+initrd"
+"$I2KIT" build --store "$work/store" --reproducible --locked -o out --format raw --format uki --format kernel+initrd "$work/nginx.yml"
 echo "== building again: a build-key hit"
-"$I2KIT" build --store "$work/store" --reproducible --locked -o out "$work/nginx.yml"
+"$I2KIT" build --store "$work/store" --reproducible --locked -o out --format raw --format uki --format kernel+initrd "$work/nginx.yml"
 
-if command -v qemu-system-x86_64 >/dev/null; then
-  echo "== booting out/nginx-kernel + out/nginx-initrd.img in QEMU (TCG)"
-  timeout 120 qemu-system-x86_64 -machine q35,accel=tcg -m 512 -nographic -no-reboot -net none \
-    -kernel out/nginx-kernel -initrd out/nginx-initrd.img -append "$(cat out/nginx-cmdline) panic=-1 quiet" | grep -a "demo init"
+if command -v qemu-system-x86_64 >/dev/null && [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ]; then
+  echo "== booting out/nginx.raw with i2kit run (UEFI firmware, KVM if it works, else TCG)"
+  timeout 180 "$I2KIT" run out/nginx.raw | grep -a "demo init"
 fi

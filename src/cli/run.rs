@@ -97,7 +97,10 @@ pub fn run(a: &Args) -> anyhow::Result<ExitCode> {
             println!("{bin} {}", args.join(" "));
             return Ok(ExitCode::SUCCESS);
         }
-        match run_qemu(&bin, &args)? {
+        // While KVM is on trial, QEMU's stderr is held back so that a failed
+        // attempt's register dump does not end up on the user's terminal.
+        let hold = accel == "kvm" && a.accel == Accel::Auto;
+        match run_qemu(&bin, &args, hold)? {
             Outcome::Exited(code) => return Ok(code),
             // On some hosts /dev/kvm creates VMs and then fails to run them
             // ("KVM internal error", and QEMU stops the VM without exiting).
@@ -120,7 +123,7 @@ enum Outcome {
 }
 
 /// Run QEMU with the serial console on our stdout; watch its stderr for KVM failures.
-fn run_qemu(bin: &str, args: &[String]) -> anyhow::Result<Outcome> {
+fn run_qemu(bin: &str, args: &[String], hold_stderr: bool) -> anyhow::Result<Outcome> {
     use std::io::{BufRead, Write};
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut child = std::process::Command::new(bin)
@@ -134,6 +137,7 @@ fn run_qemu(bin: &str, args: &[String]) -> anyhow::Result<Outcome> {
     let flag = kvm_failed.clone();
     let stderr = child.stderr.take().expect("piped");
     let watcher = std::thread::spawn(move || {
+        let mut held = Vec::new();
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
@@ -141,8 +145,13 @@ fn run_qemu(bin: &str, args: &[String]) -> anyhow::Result<Outcome> {
             if line.contains("KVM internal error") || line.contains("failed to initialize kvm") {
                 flag.store(true, Ordering::SeqCst);
             }
-            let _ = writeln!(std::io::stderr(), "{line}");
+            if hold_stderr {
+                held.push(line);
+            } else {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
         }
+        held
     });
     let status = loop {
         if let Some(st) = child.try_wait()? {
@@ -155,7 +164,12 @@ fn run_qemu(bin: &str, args: &[String]) -> anyhow::Result<Outcome> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    let _ = watcher.join();
+    let held = watcher.join().unwrap_or_default();
+    if status.is_some() {
+        for line in held {
+            eprintln!("{line}");
+        }
+    }
     Ok(match status {
         None => Outcome::KvmFailed,
         // QEMU exits 0 when the VM powers off; pass its outcome on.
