@@ -6,22 +6,12 @@
 #   kernels/pack-efi-stub.sh ARCH LAYOUT_DIR NAME [I2KIT]
 set -euo pipefail
 arch=$1 layout=$2 name=$3 i2kit=${4:-i2kit}
+here=$(cd "$(dirname "$0")" && pwd)
 case $i2kit in */*) i2kit=$(realpath "$i2kit") ;; esac
 case $layout in /*) ;; *) layout=$PWD/$layout ;; esac
 work=$(mktemp -d)
-chmod 755 "$work" # apt's download sandbox user must be able to write here
 trap 'rm -rf "$work"' EXIT
-aptopts=()
-if [ "$arch" != "$(dpkg --print-architecture)" ]; then
-  st=$work/apt
-  mkdir -p "$st/lists/partial" "$st/cache/archives/partial"
-  touch "$st/status"
-  aptopts=(-o "APT::Architecture=$arch" -o "APT::Architectures=$arch" -o "Dir::State=$st" -o "Dir::State::status=$st/status" -o "Dir::Cache=$st/cache")
-  apt-get "${aptopts[@]}" update -qq
-fi
-cd "$work"
-apt-get "${aptopts[@]}" download -qq systemd-boot-efi
-dpkg-deb -x "$work"/systemd-boot-efi_*.deb "$work/root"
+"$here/fetch-deb.sh" "$arch" systemd-boot-efi "$work/root"
 mkdir -p "$work/img/usr/lib/systemd/boot/efi"
 cp "$work"/root/usr/lib/systemd/boot/efi/*.efi.stub "$work/img/usr/lib/systemd/boot/efi/"
 "$i2kit" image pack "$work/img" --tag "oci:$layout:$name" --platform "linux/$arch"
