@@ -496,6 +496,7 @@ impl Builder {
     }
 
     /// The raw disk: GPT + an ESP holding the UKI at the removable-media path.
+    #[allow(clippy::too_many_arguments)]
     fn write_raw(
         &self,
         arch: &str,
@@ -503,6 +504,8 @@ impl Builder {
         uki_len: u64,
         key: &Digest,
         epoch: u64,
+        out_dir: &Path,
+        name: &str,
     ) -> Result<Digest, BuildError> {
         let boot = if arch == "arm64" {
             "BOOTAA64.EFI"
@@ -514,12 +517,12 @@ impl Builder {
             len: uki_len,
             data: &mut uki,
         }];
-        let mut w = io::BufWriter::with_capacity(1 << 20, self.store.blob_writer_new("raw disk")?);
+        let mut w = OutputWriter::new(&self.store, out_dir, name)?;
         crate::disk::write_disk(&mut esp, key, epoch, &mut w).map_err(|source| BuildError::Io {
-            path: "raw disk".into(),
+            path: out_dir.join(name),
             source,
         })?;
-        commit_buffered(w, "raw disk")
+        OutputWriter::finish(w)
     }
 
     fn copy_out(&self, digest: &Digest, path: &Path) -> Result<(), BuildError> {
@@ -566,11 +569,19 @@ impl Builder {
                 .map(|m| m.len())
                 .unwrap_or(0)
         };
+        fs::create_dir_all(out_dir).map_err(|source| BuildError::Io {
+            path: out_dir.into(),
+            source,
+        })?;
         let mut files: Vec<(String, Digest)> = Vec::new();
+        // Large outputs go to the store and the output directory in one pass.
+        let mut written = std::collections::BTreeSet::new();
         if plan.formats.contains(&Format::KernelInitrd) {
-            let mut w = self.store.blob_writer_new("initrd")?;
-            let (initrd, _) = initramfs::concat(&self.store, &segments, &mut w)?;
-            w.commit()?;
+            let initrd_name = format!("{name}-initrd.img");
+            let mut w = OutputWriter::new(&self.store, out_dir, &initrd_name)?;
+            initramfs::concat(&self.store, &segments, &mut w)?;
+            let initrd = OutputWriter::finish(w)?;
+            written.insert(initrd_name);
             let cmd = self.store.put_bytes("cmdline", cmdline.as_bytes(), None)?;
             files.push((format!("{name}-kernel"), kernel));
             files.push((format!("{name}-initrd.img"), initrd));
@@ -596,11 +607,12 @@ impl Builder {
             };
             let uki_len = stub.output_len(&uki.section_lens());
             let uki_blob = if plan.formats.contains(&Format::Uki) {
-                let mut w =
-                    io::BufWriter::with_capacity(1 << 20, self.store.blob_writer_new("UKI")?);
+                let efi = format!("{name}.efi");
+                let mut w = OutputWriter::new(&self.store, out_dir, &efi)?;
                 uki.write(stub, &mut w)?;
-                let d = commit_buffered(w, "UKI")?;
-                files.push((format!("{name}.efi"), d));
+                let d = OutputWriter::finish(w)?;
+                written.insert(efi.clone());
+                files.push((efi, d));
                 Some(d)
             } else {
                 // Only the disk wants the UKI: stream it straight into the ESP
@@ -619,9 +631,18 @@ impl Builder {
                     Ok(())
                 });
                 if plan.formats.contains(&Format::Raw) {
-                    let raw =
-                        self.write_raw(&arch, Box::new(r), uki_len, &image_key, plan.epoch)?;
-                    files.push((format!("{name}.raw"), raw));
+                    let raw_name = format!("{name}.raw");
+                    let raw = self.write_raw(
+                        &arch,
+                        Box::new(r),
+                        uki_len,
+                        &image_key,
+                        plan.epoch,
+                        out_dir,
+                        &raw_name,
+                    )?;
+                    written.insert(raw_name.clone());
+                    files.push((raw_name, raw));
                 }
                 writer
                     .join()
@@ -631,13 +652,17 @@ impl Builder {
             if let Some(d) = uki_blob
                 && plan.formats.contains(&Format::Raw)
             {
+                let raw_name = format!("{name}.raw");
                 let raw = self.write_raw(
                     &arch,
                     Box::new(self.store.open_blob(&d)?),
                     uki_len,
                     &image_key,
                     plan.epoch,
+                    out_dir,
+                    &raw_name,
                 )?;
+                written.insert(raw_name);
                 files.push((format!("{name}.raw"), raw));
             }
             timings.insert("uki and raw disk".to_string(), t.elapsed().as_secs_f64());
@@ -678,14 +703,12 @@ impl Builder {
         };
         let mbytes = serde_json::to_vec(&manifest).expect("manifest serialises");
         let md = self.store.put_bytes("build record", &mbytes, None)?;
-        fs::create_dir_all(out_dir).map_err(|source| BuildError::Io {
-            path: out_dir.into(),
-            source,
-        })?;
         let mut outputs = Vec::new();
         for (n, d) in &files {
             let path = out_dir.join(n);
-            self.copy_out(d, &path)?;
+            if !written.contains(n) {
+                self.copy_out(d, &path)?;
+            }
             outputs.push(Output {
                 name: n.clone(),
                 path,
@@ -763,15 +786,56 @@ impl UkiInputs {
     }
 }
 
-fn commit_buffered(
-    w: io::BufWriter<crate::store::BlobWriter>,
-    what: &str,
-) -> Result<Digest, BuildError> {
-    let blob = w.into_inner().map_err(|e| BuildError::Io {
-        path: what.into(),
-        source: e.into_error(),
-    })?;
-    Ok(blob.commit()?)
+/// Writes a large output once into both the store (for the artifact cache)
+/// and the output directory, instead of storing it and copying it out.
+struct OutputWriter {
+    blob: crate::store::BlobWriter,
+    file: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl OutputWriter {
+    fn new(
+        store: &Store,
+        out_dir: &Path,
+        name: &str,
+    ) -> Result<io::BufWriter<OutputWriter>, BuildError> {
+        let path = out_dir.join(name);
+        let file = tempfile::NamedTempFile::new_in(out_dir).map_err(|source| BuildError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let blob = store.blob_writer_new(name)?;
+        Ok(io::BufWriter::with_capacity(
+            1 << 20,
+            OutputWriter { blob, file, path },
+        ))
+    }
+
+    fn finish(w: io::BufWriter<OutputWriter>) -> Result<Digest, BuildError> {
+        let w = w.into_inner().map_err(|e| BuildError::Io {
+            path: "output".into(),
+            source: e.into_error(),
+        })?;
+        let digest = w.blob.commit()?;
+        let path = w.path;
+        w.file.persist(&path).map_err(|e| BuildError::Io {
+            path,
+            source: e.error,
+        })?;
+        Ok(digest)
+    }
+}
+
+impl Write for OutputWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.blob.write_all(buf)?;
+        self.file.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 fn segment_key(parts: &[&[u8]], plan: &Plan) -> Digest {
