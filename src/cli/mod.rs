@@ -31,7 +31,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build a manifest into a kernel and initramfs (hermetic, reproducible).
+    /// Build a manifest into a bootable image: NAME.raw (UEFI disk), NAME.efi, kernel+initrd.
     Build(build::Args),
     /// Pull images into the store and print the digest each reference resolved to.
     Pull(pull::Args),

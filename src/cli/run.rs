@@ -16,7 +16,7 @@ pub struct Args {
     /// UEFI vars template to copy for this run (default: the one next to the firmware).
     #[arg(long, value_name = "VARS.fd")]
     vars: Option<PathBuf>,
-    /// auto: KVM when it really works (a VM can be created), else TCG.
+    /// auto: KVM when it really runs the guest, else TCG (software emulation).
     #[arg(long, default_value = "auto")]
     accel: Accel,
     /// Forward HOST:GUEST (TCP, repeatable). Default: every container port to the same host port.
