@@ -387,8 +387,17 @@ fn tampered_registry_blob_is_rejected_and_not_stored() {
     );
 }
 
-#[test]
-fn registry_dying_mid_pull_fails_within_budget_and_leaves_no_partial_blob() {
+/// A registry holding a 6 MiB single-layer image `test/big:1`, a TCP proxy in
+/// front of it sending 64 KiB every 20 ms (≈ 3 MiB/s), and an `i2kit pull`
+/// through the proxy that has received 1 MiB: still running when a test
+/// interrupts it.
+fn slow_pull_in_progress() -> (
+    TestRegistry,
+    tempfile::TempDir,
+    common::images::Built,
+    common::proxy::TcpThrottle,
+    std::process::Child,
+) {
     let reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
     let mut layout = Layout::new(&tmp.path().join("src"));
@@ -399,14 +408,12 @@ fn registry_dying_mid_pull_fails_within_budget_and_leaves_no_partial_blob() {
         &[tar_layer(&[Entry::File("big", &big, 0o644)])],
     );
     reg.push(&layout.dir, "big", "test/big:1");
-    // 64 KiB every 20 ms ≈ 3 MiB/s: the pull is still running when the proxy dies.
     let proxy = common::proxy::TcpThrottle::start(reg.port, 64 << 10, Duration::from_millis(20));
-    let store = tmp.path().join("store");
     let child = common::i2kit()
         .args([
             "pull",
             "--store",
-            &store_arg(&store),
+            &store_arg(&tmp.path().join("store")),
             &format!("127.0.0.1:{}/test/big:1", proxy.port),
         ])
         .stderr(std::process::Stdio::piped())
@@ -416,6 +423,13 @@ fn registry_dying_mid_pull_fails_within_budget_and_leaves_no_partial_blob() {
     while proxy.bytes.load(std::sync::atomic::Ordering::SeqCst) < (1 << 20) {
         std::thread::sleep(Duration::from_millis(20));
     }
+    (reg, tmp, img, proxy, child)
+}
+
+#[test]
+fn registry_dying_mid_pull_fails_within_budget_and_leaves_no_partial_blob() {
+    let (_reg, tmp, img, proxy, child) = slow_pull_in_progress();
+    let store = tmp.path().join("store");
     let t = Instant::now();
     proxy.kill();
     let out = child.wait_with_output().unwrap();
@@ -438,32 +452,8 @@ fn registry_dying_mid_pull_fails_within_budget_and_leaves_no_partial_blob() {
 
 #[test]
 fn killed_pull_leaves_no_partial_blob_and_gc_clears_its_temp_file() {
-    let reg = TestRegistry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut layout = Layout::new(&tmp.path().join("src"));
-    let big = noise(9, 6 << 20);
-    let img = layout.simple(
-        "big",
-        "amd64",
-        &[tar_layer(&[Entry::File("big", &big, 0o644)])],
-    );
-    reg.push(&layout.dir, "big", "test/big:1");
-    let proxy = common::proxy::TcpThrottle::start(reg.port, 64 << 10, Duration::from_millis(20));
+    let (reg, tmp, img, proxy, mut child) = slow_pull_in_progress();
     let store = tmp.path().join("store");
-    let mut child = common::i2kit()
-        .args([
-            "pull",
-            "--store",
-            &store_arg(&store),
-            &format!("127.0.0.1:{}/test/big:1", proxy.port),
-        ])
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    while proxy.bytes.load(std::sync::atomic::Ordering::SeqCst) < (1 << 20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     child.kill().unwrap(); // SIGKILL: no destructor runs
     child.wait().unwrap();
     assert!(
