@@ -251,7 +251,8 @@ struct Inputs {
 struct Assembled {
     segments: Vec<Segment>,
     kernel: Digest,
-    stub: Option<Vec<u8>>,
+    /// The EFI stub, validated against the platform (raw/uki formats only).
+    stub: Option<crate::uki::Stub>,
     ports: Vec<u16>,
 }
 
@@ -596,7 +597,6 @@ impl Builder {
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            let stub = crate::uki::Stub::parse(&plan.inputs["stub"].reference, stub, &arch)?;
             let uki = UkiInputs {
                 store: self.store.clone(),
                 osrel: crate::uki::os_release(name, &image_key.hex()),
@@ -938,9 +938,12 @@ fn assemble(
                         img.reference
                     ))
                 })?;
-            // Validate now; write_outputs parses it again from these bytes.
-            crate::uki::Stub::parse(&img.reference.to_string(), bytes.clone(), &arch)?;
-            Some(bytes)
+            // Validated here, before any output is written.
+            Some(crate::uki::Stub::parse(
+                &img.reference.to_string(),
+                bytes,
+                &arch,
+            )?)
         }
         None => None,
     };

@@ -560,17 +560,6 @@ impl Tree {
         t
     }
 
-    /// Regular-file bytes in the tree (hard links counted once).
-    pub fn data_bytes(&self) -> u64 {
-        self.nodes
-            .values()
-            .map(|n| match &n.kind {
-                Kind::File(d) => d.len(),
-                _ => 0,
-            })
-            .sum()
-    }
-
     /// Write the tree as newc entries under `prefix` (e.g. `containers/web/rootfs`,
     /// or "" for the root), inode numbers counting from `*ino`. Hard links share
     /// an inode; the data goes with the last name of the group, as GNU cpio writes it.
