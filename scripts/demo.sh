@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The i2kit demo, on a fresh Debian machine: packs Debian's cloud kernel, a
-# busybox init and a busybox httpd container as deterministic OCI images,
-# serves them from a throwaway local registry, locks and builds the paper's
-# nginx-style example into out/nginx-kernel + out/nginx-initrd.img, and — where
-# qemu-system-x86_64 is installed — boots it. (The UEFI disk image and the real
-# i2kit-init that runs the container arrive with the next stages.)
+# The i2kit demo, on a fresh Debian machine: packs Debian's cloud kernel,
+# systemd's EFI stub, i2kit-init (built static from init/) and a busybox httpd
+# container as deterministic OCI images, serves them from a throwaway local
+# registry, locks and builds the paper's nginx-style example reproducibly into
+# out/nginx.raw (plus the UKI and kernel+initrd), and — where qemu-system-x86_64
+# and OVMF are installed — boots it, fetches the page the container serves
+# from the host, and presses the VM's power button.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -31,25 +32,17 @@ mkdir -p "$work/rootfs/bin" "$work/rootfs/www"
 cp /bin/busybox "$work/rootfs/bin/busybox"
 for app in sh httpd echo cat ls; do ln -s busybox "$work/rootfs/bin/$app"; done
 echo '<h1>Hello from i2kit</h1>' > "$work/rootfs/www/index.html"
-"$I2KIT" image pack "$work/rootfs" --tag "oci:$work/layout:httpd" --cmd /bin/httpd --cmd -f --cmd -p --cmd 80 --cmd -h --cmd /www
+"$I2KIT" image pack "$work/rootfs" --tag "oci:$work/layout:httpd" --cmd /bin/sh --cmd -c \
+  --cmd 'trap "echo stopping on SIGTERM; exit 0" TERM; httpd -f -v -p 80 -h /www & wait'
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:httpd" "docker://$reg/demo/httpd:1"
 
-echo "== packing Debian's cloud kernel and a busybox init"
+echo "== packing Debian's cloud kernel and systemd's EFI stub"
 kernels/pack-debian-kernel.sh amd64 "$work/layout" kernel "$I2KIT" 2>/dev/null
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:kernel" "docker://$reg/demo/kernel:6.1"
 kernels/pack-efi-stub.sh amd64 "$work/layout" stub "$I2KIT" 2>/dev/null
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:stub" "docker://$reg/demo/efi-stub:252"
-mkdir -p "$work/init/bin"
-cp /bin/busybox "$work/init/bin/busybox"
-cat > "$work/init/init" <<'SH'
-#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox echo "demo init: kernel $(/bin/busybox uname -r), containers: $(/bin/busybox ls /containers)"
-/bin/busybox echo "demo init: the web container serves: $(/bin/busybox cat /containers/nginx/rootfs/www/index.html)"
-/bin/busybox poweroff -f
-SH
-chmod +x "$work/init/init"
-"$I2KIT" image pack "$work/init" --tag "oci:$work/layout:init"
+echo "== building i2kit-init (static) and packing it"
+init/pack.sh "$work/layout" init "$I2KIT"
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:init" "docker://$reg/demo/init:1"
 
 echo "== pulling the container into the store ($work/store)"
@@ -86,5 +79,27 @@ echo "== building again: a build-key hit"
 
 if command -v qemu-system-x86_64 >/dev/null && [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ]; then
   echo "== booting out/nginx.raw with i2kit run (UEFI firmware, KVM if it works, else TCG)"
-  timeout 180 "$I2KIT" run out/nginx.raw | grep -a "demo init"
+  web=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$I2KIT" run out/nginx.raw -p "$web:80" --monitor "$work/monitor.sock" > "$work/console.log" 2>&1 &
+  vmpid=$!
+  trap 'kill $regpid $vmpid 2>/dev/null || true; rm -rf "$work"' EXIT
+  page=$(python3 - "$web" "$work/console.log" <<'PY'
+import sys, time, urllib.request
+port, log = sys.argv[1], sys.argv[2]
+for _ in range(900):
+    try:
+        print(urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode().strip())
+        break
+    except OSError:
+        time.sleep(0.2)
+else:
+    sys.exit(f"the page never came; console:\n{open(log, errors='replace').read()}")
+PY
+)
+  grep -a "^i2kit-init:\|^\[nginx\]" "$work/console.log" || true
+  echo "== fetched from the host through port $web: $page"
+  echo "== pressing the power button (QEMU system_powerdown)"
+  python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"system_powerdown\n")' "$work/monitor.sock"
+  wait $vmpid || true
+  grep -a "shutdown\|powering off" "$work/console.log" || true
 fi

@@ -15,7 +15,6 @@
 //! - [`tree`]: layers applied into an in-memory tree; [`cpio`]: the newc writer
 //! - [`digest`], [`oci`]: digests and OCI documents shared by every stage
 //! - [`pack`]: a directory → a deterministic single-layer image
-//! - [`guest`]: pure logic of the in-VM init (restart back-off, DHCP codec)
 //! - [`kernel_profile`]: which kernel modules a target needs
 #![deny(missing_docs)]
 
@@ -26,7 +25,6 @@ pub mod digest;
 pub mod disk;
 pub mod fat;
 pub mod fetch;
-pub mod guest;
 pub mod initramfs;
 pub mod kernel_profile;
 pub mod layer;

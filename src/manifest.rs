@@ -62,29 +62,7 @@ impl fmt::Display for ManifestError {
     }
 }
 
-/// How the init restarts containers (Kubernetes `restartPolicy`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum RestartPolicy {
-    /// Restart whatever the exit status (the Deployment default).
-    Always,
-    /// Restart on a non-zero exit.
-    OnFailure,
-    /// Never restart.
-    Never,
-}
-
-/// A container port.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PortSpec {
-    /// Port number, 1-65535.
-    pub container_port: u16,
-    /// `TCP`, `UDP` or `SCTP`.
-    pub protocol: String,
-    /// Optional port name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
+pub use i2kit_pod::{PortSpec, RestartPolicy};
 
 /// One container of the Pod, as the manifest says it (image config not yet applied).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

@@ -1,87 +1,11 @@
-//! `/etc/i2kit/pod.json`: the resolved Pod, written by the builder and read by
-//! i2kit-init. This module is the one definition of the schema for both sides.
-//!
-//! ```json
-//! {
-//!   "version": 1,
-//!   "name": "nginx", "hostname": "nginx",
-//!   "restartPolicy": "Always", "terminationGracePeriodSeconds": 30,
-//!   "kernelRelease": "6.1.0-56-cloud-amd64",
-//!   "modules": ["kernel/drivers/virtio/virtio_ring.ko", …],   // load order, under /lib/modules/<release>/
-//!   "containers": [{
-//!     "name": "nginx", "image": "docker.io/library/nginx:1.25@sha256:…",
-//!     "rootfs": "/containers/nginx/rootfs",
-//!     "argv": ["nginx", "-g", "daemon off;"], "env": ["PATH=…", "K=V"],
-//!     "workingDir": "/", "uid": 0, "gid": 0,
-//!     "ports": [{"containerPort": 80, "protocol": "TCP"}],
-//!     "tuning": {"readinessProbe": {…}}                        // kept, not enforced
-//!   }]
-//! }
-//! ```
-//! The argv is final (Kubernetes rules applied: `command` replaces ENTRYPOINT,
-//! `args` replaces CMD); env is image ENV then manifest env, later keys
-//! replacing earlier ones in place; uid/gid are numeric.
+//! Builder side of `/etc/i2kit/pod.json`: how a manifest container and its
+//! image config become a [`ContainerRun`]. The schema itself lives in the
+//! `i2kit-pod` crate, shared with i2kit-init.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
-use crate::manifest::{ContainerSpec, PortSpec, RestartPolicy};
+use crate::manifest::ContainerSpec;
 use crate::oci::ImageConfig;
 
-/// Schema version.
-pub const POD_SPEC_VERSION: u32 = 1;
-/// Where the builder writes it in the initramfs.
-pub const POD_SPEC_PATH: &str = "etc/i2kit/pod.json";
-
-/// The resolved Pod.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PodSpec {
-    /// [`POD_SPEC_VERSION`].
-    pub version: u32,
-    /// Pod name.
-    pub name: String,
-    /// Hostname to set.
-    pub hostname: String,
-    /// Restart policy for every container.
-    pub restart_policy: RestartPolicy,
-    /// Seconds between SIGTERM and SIGKILL on shutdown.
-    pub termination_grace_period_seconds: u64,
-    /// `uname -r` of the kernel the modules belong to.
-    pub kernel_release: String,
-    /// Modules to load, in order, relative to `/lib/modules/<kernelRelease>/`.
-    pub modules: Vec<String>,
-    /// Containers, in manifest order.
-    pub containers: Vec<ContainerRun>,
-}
-
-/// One container, ready to run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ContainerRun {
-    /// DNS-1123 label.
-    pub name: String,
-    /// The image, pinned.
-    pub image: String,
-    /// Absolute path of its root filesystem in the initramfs.
-    pub rootfs: String,
-    /// Final argv; `argv[0]` is looked up in the container's PATH if not absolute.
-    pub argv: Vec<String>,
-    /// `K=V`.
-    pub env: Vec<String>,
-    /// Working directory inside the container.
-    pub working_dir: String,
-    /// Numeric uid.
-    pub uid: u32,
-    /// Numeric gid.
-    pub gid: u32,
-    /// Ports.
-    pub ports: Vec<PortSpec>,
-    /// Probes, resources: kept for tools, not enforced.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tuning: BTreeMap<String, serde_json::Value>,
-}
+pub use i2kit_pod::{ContainerRun, POD_SPEC_PATH, POD_SPEC_VERSION, PodSpec};
 
 /// Why a container cannot be resolved.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -238,6 +162,7 @@ fn passwd_gid_of(passwd: Option<&[u8]>, uid: u32) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::oci::RuntimeConfig;
+    use std::collections::BTreeMap;
 
     fn spec(command: Option<&[&str]>, args: Option<&[&str]>) -> ContainerSpec {
         ContainerSpec {

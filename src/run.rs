@@ -71,6 +71,9 @@ pub struct RunOptions {
     pub ports: Vec<PortForward>,
     /// Attach the disk as NVMe (as EBS appears on Nitro) instead of virtio-blk.
     pub nvme: bool,
+    /// A unix socket for QEMU's human monitor (`system_powerdown` presses
+    /// the ACPI power button).
+    pub monitor: Option<PathBuf>,
 }
 
 /// Run errors.
@@ -317,7 +320,34 @@ pub fn qemu_command(
         "-device".into(),
         "virtio-net-pci,netdev=net0".into(),
     ]);
+    if let Some(m) = &o.monitor {
+        args.extend([
+            "-monitor".into(),
+            format!("unix:{},server=on,wait=off", m.display()),
+        ]);
+    }
     Ok((bin.into(), args))
+}
+
+/// Forwards for the image's container ports when the user gives none: the
+/// same port on the host, except that a user who may not bind a privileged
+/// port gets 8000 + port (80 → 8080, 443 → 8443).
+pub fn default_forwards(
+    guest_ports: &[u16],
+    unprivileged_start: u16,
+    root: bool,
+) -> Vec<PortForward> {
+    guest_ports
+        .iter()
+        .map(|&p| PortForward {
+            host: if !root && p < unprivileged_start {
+                8000 + p
+            } else {
+                p
+            },
+            guest: p,
+        })
+        .collect()
 }
 
 /// What the provenance next to an image says (platform, container ports).
@@ -354,6 +384,7 @@ mod tests {
             cpus: 2,
             ports: vec!["8080:80".parse().unwrap()],
             nvme: true,
+            monitor: Some("/tmp/m.sock".into()),
         };
         let (bin, args) = qemu_command(&o, "tcg", Path::new("/c.fd"), Path::new("/v.fd")).unwrap();
         assert_eq!(bin, "qemu-system-x86_64");
@@ -368,8 +399,29 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("snapshot=on"), "{line}");
+        assert!(
+            line.contains("-monitor unix:/tmp/m.sock,server=on,wait=off"),
+            "{line}"
+        );
         assert!("80".parse::<PortForward>().is_err());
         assert!("a:b".parse::<PortForward>().is_err());
+    }
+
+    #[test]
+    fn privileged_ports_move_up_for_ordinary_users() {
+        let f = |root| {
+            default_forwards(&[80, 443, 8080], 1024, root)
+                .iter()
+                .map(|p| (p.host, p.guest))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(f(false), [(8080, 80), (8443, 443), (8080, 8080)]);
+        assert_eq!(f(true), [(80, 80), (443, 443), (8080, 8080)]);
+        assert_eq!(
+            default_forwards(&[80], 0, false)[0].host,
+            80,
+            "unprivileged_port_start=0"
+        );
     }
 
     #[test]

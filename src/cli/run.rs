@@ -34,6 +34,10 @@ pub struct Args {
     /// Attach the disk as NVMe (as EBS volumes appear on AWS Nitro) instead of virtio-blk.
     #[arg(long)]
     nvme: bool,
+    /// Serve QEMU's monitor on this unix socket (e.g. `echo system_powerdown | socat - UNIX:PATH`
+    /// presses the power button: i2kit-init stops the containers and powers off).
+    #[arg(long, value_name = "SOCKET")]
+    monitor: Option<PathBuf>,
     /// Print the QEMU command instead of running it.
     #[arg(long)]
     dry_run: bool,
@@ -58,16 +62,22 @@ pub fn run(a: &Args) -> anyhow::Result<ExitCode> {
             }
         });
     let ports = if a.ports.is_empty() {
-        facts
-            .map(|f| {
-                f.1.into_iter()
-                    .map(|p| PortForward { host: p, guest: p })
-                    .collect()
-            })
-            .unwrap_or_default()
+        let lowest = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1024);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        i2kit::run::default_forwards(&facts.map(|f| f.1).unwrap_or_default(), lowest, root)
     } else {
         a.ports.clone()
     };
+    for p in &ports {
+        eprintln!(
+            "i2kit run: guest port {} is forwarded from 127.0.0.1:{} (and every host address)",
+            p.guest, p.host
+        );
+    }
     let opts = RunOptions {
         image: a.image.clone(),
         arch: arch.clone(),
@@ -78,6 +88,7 @@ pub fn run(a: &Args) -> anyhow::Result<ExitCode> {
         cpus: a.cpus,
         ports,
         nvme: a.nvme,
+        monitor: a.monitor.clone(),
     };
     let (code, vars_template) =
         i2kit::run::find_firmware(&arch, opts.firmware.as_deref(), opts.vars.as_deref())?;

@@ -106,7 +106,7 @@ pub fn busybox_image(layout: &Path, name: &str, path_in_image: &str, script: &st
         .unwrap_or_else(|e| panic!("{}: {e} (busybox-static)", busybox.display()));
     for app in [
         "sh", "mount", "ls", "echo", "cat", "grep", "tr", "poweroff", "sleep", "httpd", "wc",
-        "head", "uname",
+        "head", "uname", "hostname", "id", "pwd", "kill",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(app)).unwrap();
     }
@@ -185,5 +185,120 @@ pub fn boot(cmd: &mut Command, timeout: Duration) -> Boot {
         console,
         exited,
         took: start.elapsed(),
+    }
+}
+
+/// Pack i2kit-init (built static by init/pack.sh) as `name` in `layout`.
+pub fn init_image(layout: &Path, name: &str) {
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("init/pack.sh"))
+        .args([layout.to_str().unwrap(), name, env!("CARGO_BIN_EXE_i2kit")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "init/pack.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A VM running in the background: its console is collected as it comes, so
+/// a test can wait for a line, talk to the guest, then wait for power-off.
+pub struct Vm {
+    child: std::process::Child,
+    console: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    started: Instant,
+}
+
+impl Vm {
+    /// Start `cmd` in its own process group, stdout and stderr collected.
+    pub fn start(cmd: &mut Command) -> Vm {
+        use std::os::unix::process::CommandExt;
+        let mut child = cmd
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let sink = console.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        Vm {
+            child,
+            console,
+            started: Instant::now(),
+        }
+    }
+
+    /// Everything printed so far.
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&self.console.lock().unwrap()).into_owned()
+    }
+
+    /// How many lines so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.console()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Wait until `needle` has been printed `times` times; panics with the
+    /// console after `timeout` or if the VM exits first.
+    pub fn wait_for(&mut self, needle: &str, times: usize, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        while self.count(needle) < times {
+            let exited = self.child.try_wait().unwrap().is_some();
+            if exited || Instant::now() > until {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "{needle:?} ×{times} not seen ({}; {:?} since start):\n{}",
+                    if exited { "VM exited" } else { "timed out" },
+                    self.started.elapsed(),
+                    self.console()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait up to `timeout` for the VM to exit by itself; true if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if self.child.try_wait().unwrap().is_some() {
+                std::thread::sleep(Duration::from_millis(200)); // let the readers drain
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Time since start.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group `start` created.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 }

@@ -4,6 +4,7 @@
 //! maintained crate covers the no-std-like, dependency-free use in a static init.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 /// BOOTREQUEST.
 const OP_REQUEST: u8 = 1;
@@ -91,6 +92,8 @@ pub struct Reply {
     pub server_id: Option<Ipv4Addr>,
     /// Option 58, seconds (default: half the lease).
     pub renew_secs: Option<u32>,
+    /// Option 59, seconds (default: 7/8 of the lease).
+    pub rebind_secs: Option<u32>,
     /// Option 15.
     pub domain: Option<String>,
 }
@@ -179,6 +182,7 @@ pub fn decode(p: &[u8]) -> Result<Reply, DhcpError> {
         lease_secs: None,
         server_id: None,
         renew_secs: None,
+        rebind_secs: None,
         domain: None,
     };
     let mut kind = None;
@@ -214,12 +218,48 @@ pub fn decode(p: &[u8]) -> Result<Reply, DhcpError> {
             51 => r.lease_secs = u32v(),
             54 => r.server_id = ip(v),
             58 => r.renew_secs = u32v(),
+            59 => r.rebind_secs = u32v(),
             _ => {}
         }
         i += 2 + len;
     }
     r.kind = kind.ok_or(DhcpError::NoType)?;
     Ok(r)
+}
+
+/// When a lease is renewed, rebound and lost, counted from when it was granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timers {
+    /// T1: ask the granting server again (unicast).
+    pub renew: Duration,
+    /// T2: ask any server (broadcast).
+    pub rebind: Duration,
+    /// The address must be given up.
+    pub expire: Duration,
+}
+
+/// RFC 2131 §4.4.5 timers: T1 and T2 from options 58/59 when the server sends
+/// sane ones, else 0.5 and 0.875 of the lease. None for an infinite lease
+/// (0xffffffff) or a reply without one.
+pub fn timers(r: &Reply) -> Option<Timers> {
+    let lease = r.lease_secs.filter(|l| *l != u32::MAX)?;
+    let lease_d = Duration::from_secs(u64::from(lease));
+    let rebind = r
+        .rebind_secs
+        .filter(|t| *t < lease)
+        .map(|t| Duration::from_secs(u64::from(t)))
+        .unwrap_or(lease_d * 7 / 8);
+    let renew = r
+        .renew_secs
+        .map(|t| Duration::from_secs(u64::from(t)))
+        .filter(|t| *t < rebind)
+        .unwrap_or(lease_d / 2)
+        .min(rebind);
+    Some(Timers {
+        renew,
+        rebind,
+        expire: lease_d,
+    })
 }
 
 /// `/etc/resolv.conf` for a lease.
@@ -307,6 +347,23 @@ mod tests {
         assert_eq!(r.lease_secs, Some(86_400));
         assert_eq!(r.server_id, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert_eq!(resolv_conf(&r), "nameserver 10.0.2.3\n");
+    }
+
+    #[test]
+    fn lease_timers() {
+        let mut r = decode(&slirp_ack()).unwrap();
+        let secs = |t: Timers| (t.renew.as_secs(), t.rebind.as_secs(), t.expire.as_secs());
+        assert_eq!(timers(&r).map(secs), Some((43_200, 75_600, 86_400)));
+        r.renew_secs = Some(100);
+        r.rebind_secs = Some(200);
+        assert_eq!(timers(&r).map(secs), Some((100, 200, 86_400)));
+        r.renew_secs = Some(300); // after T2: ignored
+        r.rebind_secs = Some(90_000); // after the lease: ignored
+        assert_eq!(timers(&r).map(secs), Some((43_200, 75_600, 86_400)));
+        r.lease_secs = Some(u32::MAX);
+        assert_eq!(timers(&r), None, "infinite lease");
+        r.lease_secs = None;
+        assert_eq!(timers(&r), None);
     }
 
     #[test]
