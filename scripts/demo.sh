@@ -101,5 +101,5 @@ PY
   echo "== pressing the power button (QEMU system_powerdown)"
   python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"system_powerdown\n")' "$work/monitor.sock"
   wait $vmpid || true
-  grep -a "shutdown\|powering off" "$work/console.log" || true
+  grep -a "shutdown\|stop\|powering off" "$work/console.log" || true
 fi
