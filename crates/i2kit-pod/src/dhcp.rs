@@ -357,7 +357,7 @@ mod tests {
         r.renew_secs = Some(100);
         r.rebind_secs = Some(200);
         assert_eq!(timers(&r).map(secs), Some((100, 200, 86_400)));
-        r.renew_secs = Some(300); // after T2: ignored
+        r.renew_secs = Some(80_000); // after T2: ignored
         r.rebind_secs = Some(90_000); // after the lease: ignored
         assert_eq!(timers(&r).map(secs), Some((43_200, 75_600, 86_400)));
         r.lease_secs = Some(u32::MAX);

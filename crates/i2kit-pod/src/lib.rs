@@ -351,7 +351,7 @@ mod tests {
         assert_eq!(exec_candidates("./run", &env, "/"), ["./run"]);
         assert_eq!(exec_candidates("/bin/sh", &[], "/"), ["/bin/sh"]);
         assert_eq!(
-            exec_candidates("sh", &[], "/")[4],
+            exec_candidates("sh", &[], "/")[3],
             "/usr/bin/sh",
             "default PATH"
         );
