@@ -50,6 +50,44 @@ pub struct Args {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> anyhow::Result<ExitCode> {
+    let Some(report) = execute(cli, a, a.json)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for o in &report.outputs {
+            println!("{} {} ({} bytes)", o.path.display(), o.digest, o.size);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Build `manifest` into `output` with the defaults, quietly (for `push`).
+pub fn build_for_push(
+    cli: &Cli,
+    manifest: &std::path::Path,
+    output: &std::path::Path,
+    net: NetArgs,
+) -> anyhow::Result<i2kit::build::BuildReport> {
+    let a = Args {
+        manifest: manifest.to_path_buf(),
+        output: output.to_path_buf(),
+        formats: vec![Format::Raw],
+        compression: "zstd".into(),
+        compression_level: None,
+        reproducible: false,
+        locked: false,
+        dry_run: false,
+        platform: None,
+        net,
+        json: false,
+    };
+    execute(cli, &a, false)?.context("the build produced no report")
+}
+
+/// Run a build (or a dry run, which prints the plan and returns None).
+fn execute(cli: &Cli, a: &Args, quiet: bool) -> anyhow::Result<Option<i2kit::build::BuildReport>> {
     let pod = i2kit::manifest::load_manifest(&a.manifest)?;
     for w in &pod.warnings {
         eprintln!("warning: {w}");
@@ -75,8 +113,7 @@ pub fn run(cli: &Cli, a: &Args) -> anyhow::Result<ExitCode> {
         fetch: a.net.fetch_options(),
     };
     let store = cli.open_store()?;
-    let (events, bar) = super::progress::sink(a.json);
-    let quiet = a.json;
+    let (events, bar) = super::progress::sink(quiet);
     let build_events: i2kit::build::BuildSink = Arc::new(move |e: &BuildEvent| {
         if quiet {
             return;
@@ -104,7 +141,7 @@ pub fn run(cli: &Cli, a: &Args) -> anyhow::Result<ExitCode> {
         }
         let v = serde_json::json!({"buildKey": plan.build_key(), "plan": plan});
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     }
     let report = rt
         .block_on(builder.build(&pod, lock_ref, &opts))
@@ -112,12 +149,5 @@ pub fn run(cli: &Cli, a: &Args) -> anyhow::Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for o in &report.outputs {
-            println!("{} {} ({} bytes)", o.path.display(), o.digest, o.size);
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(Some(report))
 }

@@ -10,6 +10,7 @@ mod image;
 mod lock;
 mod progress;
 mod pull;
+mod push;
 mod run;
 mod store;
 
@@ -37,6 +38,9 @@ enum Command {
     Pull(pull::Args),
     /// Pin every image of a manifest (kernel, init, stub, containers) in i2kit.lock.
     Lock(lock::Args),
+    /// Ship an image: `push aws` uploads it through the EBS direct APIs and registers an AMI.
+    #[command(subcommand)]
+    Push(push::Command),
     /// Boot a raw image locally in QEMU (UEFI; serial console on this terminal).
     Run(run::Args),
     /// Inspect and maintain the store.
@@ -104,6 +108,7 @@ pub fn main() -> ExitCode {
         Command::Store(c) => store::run(&cli, c),
         Command::Image(c) => image::run(c),
         Command::Run(a) => run::run(a),
+        Command::Push(c) => push::run(&cli, c),
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,7 @@
 
 pub mod boot;
 pub mod images;
+pub mod moto;
 pub mod proxy;
 
 use std::net::TcpListener;
