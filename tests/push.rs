@@ -260,7 +260,7 @@ fn signatures_are_checked_and_wrong_credentials_fail_clearly() {
 }
 
 #[test]
-fn throttling_and_503s_are_retried_and_every_block_lands() {
+fn throttling_503s_and_not_found_yet_are_retried_and_every_block_lands() {
     let m = Moto::start();
     let proxy = FaultProxy::start(m.port, 3);
     let dir = tempfile::tempdir().unwrap();
@@ -273,7 +273,10 @@ fn throttling_and_503s_are_retried_and_every_block_lands() {
         &["--jobs", "4", "--json"],
     );
     assert!(ok, "{err}");
-    assert!(proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= 4);
+    assert!(
+        proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= 4,
+        "all three kinds of fault"
+    );
     let back = read_snapshot(&m.client("AKIDEXAMPLE", SECRET), &ids(&out).1);
     assert_eq!(back, expected_blocks(&p));
 }

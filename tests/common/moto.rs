@@ -265,7 +265,8 @@ pub fn read_snapshot(c: &Client, snapshot: &str) -> std::collections::BTreeMap<u
 }
 
 /// An HTTP proxy in front of moto that fails every `every`-th
-/// PutSnapshotBlock, alternating 503 and a throttling error.
+/// PutSnapshotBlock, in turn with 503, a throttling error and
+/// ResourceNotFoundException.
 pub struct FaultProxy {
     pub port: u16,
     pub injected: Arc<AtomicUsize>,
@@ -297,20 +298,24 @@ impl FaultProxy {
                     }
                     if is_block && count.fetch_add(1, Ordering::SeqCst) % every == every - 1 {
                         let n = injected.fetch_add(1, Ordering::SeqCst);
-                        let resp = if n % 2 == 0 {
-                            tiny_http::Response::from_string("{\"Message\":\"try later\"}")
-                                .with_status_code(503)
-                        } else {
-                            tiny_http::Response::from_string("{\"Message\":\"Rate exceeded\"}")
-                                .with_status_code(400)
-                                .with_header(
-                                    tiny_http::Header::from_bytes(
-                                        "x-amzn-ErrorType",
-                                        "ThrottlingException",
-                                    )
-                                    .unwrap(),
-                                )
+                        // 503, throttling, and the "snapshot does not exist yet"
+                        // answer EBS gives right after StartSnapshot.
+                        let (status, kind, msg) = match n % 3 {
+                            0 => (503, "ServiceUnavailableException", "try later"),
+                            1 => (400, "ThrottlingException", "Rate exceeded"),
+                            _ => (
+                                404,
+                                "ResourceNotFoundException",
+                                "The snapshot does not exist",
+                            ),
                         };
+                        let resp =
+                            tiny_http::Response::from_string(format!("{{\"Message\":\"{msg}\"}}"))
+                                .with_status_code(status)
+                                .with_header(
+                                    tiny_http::Header::from_bytes("x-amzn-ErrorType", kind)
+                                        .unwrap(),
+                                );
                         let _ = req.respond(resp);
                         continue;
                     }
