@@ -343,6 +343,18 @@ impl Builder {
             self.events.clone(),
             refs.iter().map(|(_, r)| r),
         );
+        if opts.fetch.offline {
+            // Say everything that is missing at once. Missing layers alone do
+            // not stop the plan: a build-key hit needs none of them.
+            let want: Vec<(ImageRef, Platform)> = refs
+                .iter()
+                .map(|(_, r)| (r.clone(), platform.clone()))
+                .collect();
+            let missing = fetcher.missing(&want).await?;
+            if missing.iter().any(|m| !m.starts_with("layer ")) {
+                return Err(crate::fetch::FetchError::OfflineMissing(missing).into());
+            }
+        }
         let mut inputs = BTreeMap::new();
         for (role, r) in &refs {
             let img = fetcher.resolve(r, &platform).await?;

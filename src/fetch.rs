@@ -110,6 +110,13 @@ pub enum FetchError {
         "--offline: {0} is not in the store; run `i2kit fetch` (or `i2kit pull`) with network access first"
     )]
     Offline(String),
+    /// `--offline` and the store lacks several things: all of them.
+    #[error(
+        "--offline: the store lacks {} item(s):\n  {}\nrun `i2kit fetch MANIFEST` with network access (or `i2kit import FILE.tar`) first",
+        .0.len(),
+        .0.join("\n  ")
+    )]
+    OfflineMissing(Vec<String>),
     /// The image config is not valid JSON.
     #[error("image config {digest} of {reference} is invalid: {detail}")]
     Config {
@@ -403,6 +410,12 @@ impl Fetcher {
         refs: &[(ImageRef, Platform)],
     ) -> Result<Vec<ResolvedImage>, FetchError> {
         let _writer = self.store.lock_writer()?;
+        if self.opts.offline {
+            let missing = self.missing(refs).await?;
+            if !missing.is_empty() {
+                return Err(FetchError::OfflineMissing(missing));
+            }
+        }
         let jobs = self.opts.jobs.max(1);
         let resolved: Vec<ResolvedImage> =
             stream::iter(refs.iter().map(|(r, p)| self.resolve(r, p)))
@@ -438,6 +451,29 @@ impl Fetcher {
             }
         }
         Ok(resolved)
+    }
+}
+
+impl Fetcher {
+    /// Offline: everything `refs` need that the store lacks (manifests,
+    /// configs, layers), all of it rather than the first gap.
+    pub async fn missing(&self, refs: &[(ImageRef, Platform)]) -> Result<Vec<String>, FetchError> {
+        let mut out = Vec::new();
+        for (r, p) in refs {
+            match self.resolve(r, p).await {
+                Ok(img) => {
+                    for l in &img.image.layers {
+                        if !self.store.has_blob(&l.digest, Some(l.size)) {
+                            out.push(format!("layer {} ({} bytes) of {r}", l.digest, l.size));
+                        }
+                    }
+                }
+                Err(FetchError::Offline(what)) => out.push(what),
+                Err(e) => return Err(e),
+            }
+        }
+        out.dedup();
+        Ok(out)
     }
 }
 

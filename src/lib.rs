@@ -18,6 +18,7 @@
 //! - [`kernel_profile`]: which kernel modules a target needs
 #![deny(missing_docs)]
 
+pub mod airgap;
 pub mod aws;
 pub mod build;
 pub mod compress;

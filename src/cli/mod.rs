@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod airgap;
 mod build;
+mod fetch;
 mod image;
 mod lock;
 mod progress;
@@ -34,6 +36,14 @@ pub struct Cli {
 enum Command {
     /// Build a manifest into a bootable image: NAME.raw (UEFI disk), NAME.efi, kernel+initrd.
     Build(build::Args),
+    /// Fetch everything a build of MANIFEST needs (kernel, init, stub, containers) into the store,
+    /// so that `build --offline` works without a network.
+    Fetch(fetch::Args),
+    /// Write what builds need (manifests' inputs, or references) as one OCI image-layout tar,
+    /// for a build farm without network access.
+    Export(airgap::ExportArgs),
+    /// Load an OCI image-layout tar (from `i2kit export`) into the store, verifying every blob.
+    Import(airgap::ImportArgs),
     /// Pull images into the store and print the digest each reference resolved to.
     Pull(pull::Args),
     /// Pin every image of a manifest (kernel, init, stub, containers) in i2kit.lock.
@@ -104,6 +114,9 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Build(a) => build::run(&cli, a),
         Command::Pull(a) => pull::run(&cli, a),
+        Command::Fetch(a) => fetch::run(&cli, a),
+        Command::Export(a) => airgap::export(&cli, a),
+        Command::Import(a) => airgap::import(&cli, a),
         Command::Lock(a) => lock::run(&cli, a),
         Command::Store(c) => store::run(&cli, c),
         Command::Image(c) => image::run(c),

@@ -62,10 +62,18 @@ impl TestRegistry {
     }
 
     pub fn start_with(auth: Auth) -> TestRegistry {
+        Self::launch(auth, free_port())
+    }
+
+    /// An empty registry on a given port (to stand in for another one).
+    pub fn start_at(port: u16) -> TestRegistry {
+        Self::launch(Auth::None, port)
+    }
+
+    fn launch(auth: Auth, port: u16) -> TestRegistry {
         let bin = which("docker-registry")
             .expect("docker-registry is installed (apt-get install docker-registry)");
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let auth_section = match &auth {
             Auth::None => String::new(),
             Auth::Htpasswd { user, password } => {
