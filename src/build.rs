@@ -34,7 +34,8 @@ use crate::tree::{ApplyOptions, Data, Kind, Node, Tree};
 pub const BUILD_ARTIFACT_TYPE: &str = "application/vnd.i2kit.image.v1";
 /// Store name prefix of build records.
 pub const BUILD_REF_PREFIX: &str = "i2kit-build:";
-const PLAN_MEDIA_TYPE: &str = "application/vnd.i2kit.plan.v1+json";
+/// Media type of the plan (the build record's config).
+pub const PLAN_MEDIA_TYPE: &str = "application/vnd.i2kit.plan.v1+json";
 
 /// An output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -695,24 +696,12 @@ impl Builder {
         files.push((format!("{name}.provenance.json"), prov));
         // The build record: config = the plan (so its digest is the build key).
         let plan_bytes = plan.to_bytes();
-        let config = self.store.put_bytes("plan", &plan_bytes, Some(key))?;
-        let layers: Vec<Descriptor> = files
+        self.store.put_bytes("plan", &plan_bytes, Some(key))?;
+        let sized: Vec<(String, Digest, u64)> = files
             .iter()
-            .map(|(n, d)| {
-                let mut desc = Descriptor::new("application/octet-stream", *d, size_of(d));
-                desc.annotations
-                    .insert("org.opencontainers.image.title".into(), n.clone());
-                desc
-            })
+            .map(|(n, d)| (n.clone(), *d, size_of(d)))
             .collect();
-        let manifest = oci::Manifest {
-            schema_version: 2,
-            media_type: Some(oci::OCI_MANIFEST.into()),
-            artifact_type: Some(BUILD_ARTIFACT_TYPE.into()),
-            config: Descriptor::new(PLAN_MEDIA_TYPE, config, plan_bytes.len() as u64),
-            layers: layers.clone(),
-            annotations: BTreeMap::new(),
-        };
+        let manifest = build_record(key, plan_bytes.len() as u64, &sized);
         let mbytes = serde_json::to_vec(&manifest).expect("manifest serialises");
         let md = self.store.put_bytes("build record", &mbytes, None)?;
         let mut outputs = Vec::new();
@@ -739,6 +728,27 @@ impl Builder {
             segments,
             timings: BTreeMap::new(),
         })
+    }
+}
+
+/// The local build record: an OCI manifest whose config is the plan (so its
+/// digest is the build key) and whose layers are the output files, titled.
+pub fn build_record(key: Digest, plan_size: u64, files: &[(String, Digest, u64)]) -> oci::Manifest {
+    oci::Manifest {
+        schema_version: 2,
+        media_type: Some(oci::OCI_MANIFEST.into()),
+        artifact_type: Some(BUILD_ARTIFACT_TYPE.into()),
+        config: Descriptor::new(PLAN_MEDIA_TYPE, key, plan_size),
+        layers: files
+            .iter()
+            .map(|(n, d, size)| {
+                let mut desc = Descriptor::new("application/octet-stream", *d, *size);
+                desc.annotations
+                    .insert("org.opencontainers.image.title".into(), n.clone());
+                desc
+            })
+            .collect(),
+        annotations: BTreeMap::new(),
     }
 }
 

@@ -37,6 +37,7 @@ pub mod pack;
 pub mod pod_spec;
 pub mod reference;
 pub mod registry;
+pub mod remote_cache;
 pub mod run;
 pub mod store;
 pub mod tree;

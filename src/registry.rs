@@ -96,6 +96,7 @@ pub struct Registry {
     client: Client,
     auth: tokio::sync::Mutex<HashMap<String, RegistryAuth>>,
     authorised: tokio::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    push_authorised: tokio::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// Bytes moved by one blob download, for progress.
@@ -139,12 +140,16 @@ impl Registry {
             read_timeout: Some(Duration::from_secs(60)),
             platform_resolver: None,
             user_agent: concat!("i2kit/", env!("CARGO_PKG_VERSION")),
+            // One POST then one PUT with the whole blob (Content-Type
+            // application/octet-stream): what distribution 2.8 handles best.
+            use_monolithic_push: true,
             ..Default::default()
         };
         Registry {
             client: Client::new(config),
             auth: Default::default(),
             authorised: Default::default(),
+            push_authorised: Default::default(),
         }
     }
 
@@ -275,6 +280,151 @@ impl Registry {
             });
         }
         Ok((bytes.to_vec(), actual))
+    }
+
+    /// Authenticate for pushing to a repository (once).
+    async fn authorise_push(&self, r: &RegistryRef) -> Result<(), RegistryError> {
+        let key = (r.registry.clone(), r.repository.clone());
+        if self.push_authorised.lock().await.contains(&key) {
+            return Ok(());
+        }
+        let auth = self.credentials(&r.registry).await?;
+        let oref = Self::oci_ref(r);
+        retrying(&r.registry, "authentication for push", || async {
+            match self
+                .client
+                .auth(&oref, &auth, RegistryOperation::Push)
+                .await
+            {
+                Ok(_) => Attempt::Done(()),
+                Err(e) => classify(&r.registry, "authentication for push", &auth, e),
+            }
+        })
+        .await?;
+        self.push_authorised.lock().await.insert(key);
+        Ok(())
+    }
+
+    /// The digest a tag points at, or None when the tag does not exist.
+    pub async fn tag_digest(&self, r: &RegistryRef) -> Result<Option<Digest>, RegistryError> {
+        match self.fetch_manifest(r).await {
+            Ok((_, d)) => Ok(Some(d)),
+            Err(RegistryError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the repository of `r` holds blob `d` (HEAD).
+    pub async fn blob_exists(&self, r: &RegistryRef, d: &Digest) -> Result<bool, RegistryError> {
+        self.authorise_push(r).await?;
+        let auth = self.credentials(&r.registry).await?;
+        let oref = Self::oci_ref(r);
+        let what = format!("HEAD blob {d} in {}/{}", r.registry, r.repository);
+        retrying(&r.registry, &what, || async {
+            match self.client.blob_exists(&oref, &d.to_string()).await {
+                Ok(b) => Attempt::Done(b),
+                Err(e) => classify(&r.registry, &what, &auth, e),
+            }
+        })
+        .await
+    }
+
+    /// Cross-repository mount of `d` from `from` (same registry); false when
+    /// the registry declined (it then expects an upload).
+    pub async fn mount_blob(&self, r: &RegistryRef, from: &RegistryRef, d: &Digest) -> bool {
+        if self.authorise_push(r).await.is_err() {
+            return false;
+        }
+        let (oref, src) = (Self::oci_ref(r), Self::oci_ref(from));
+        self.client
+            .mount_blob(&oref, &src, &d.to_string())
+            .await
+            .is_ok()
+            && self.blob_exists(r, d).await.unwrap_or(false)
+    }
+
+    /// Upload one blob of the store, streamed from disk (monolithic POST + PUT).
+    pub async fn push_blob(
+        &self,
+        r: &RegistryRef,
+        store: &Store,
+        desc: &Descriptor,
+    ) -> Result<(), RegistryError> {
+        self.authorise_push(r).await?;
+        let auth = self.credentials(&r.registry).await?;
+        let oref = Self::oci_ref(r);
+        let what = format!(
+            "upload of blob {} to {}/{}",
+            desc.digest, r.registry, r.repository
+        );
+        let path = store.blob_path(&desc.digest);
+        retrying(&r.registry, &what, || async {
+            let file = match tokio::fs::File::open(&path).await {
+                Ok(f) => f,
+                Err(e) => {
+                    return Attempt::Fail(RegistryError::Failed {
+                        registry: r.registry.clone(),
+                        what: what.clone(),
+                        attempts: 1,
+                        detail: format!("{}: {e}", path.display()),
+                    });
+                }
+            };
+            let stream = futures_util::stream::try_unfold(file, |mut f| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 1 << 20];
+                let n = f
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| OciDistributionError::GenericError(Some(e.to_string())))?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                buf.truncate(n);
+                Ok(Some((bytes::Bytes::from(buf), f)))
+            });
+            match self
+                .client
+                .push_blob_stream(&oref, stream, &desc.digest.to_string(), Some(desc.size))
+                .await
+            {
+                Ok(_) => Attempt::Done(()),
+                Err(e) => classify(&r.registry, &what, &auth, e),
+            }
+        })
+        .await
+    }
+
+    /// PUT manifest bytes as they are (never re-serialised) under `r`'s tag
+    /// or digest; returns their digest.
+    pub async fn push_manifest(
+        &self,
+        r: &RegistryRef,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        self.authorise_push(r).await?;
+        let auth = self.credentials(&r.registry).await?;
+        let oref = Self::oci_ref(r);
+        let what = format!("manifest upload to {r}");
+        let ct = reqwest_header(media_type).map_err(|detail| RegistryError::Failed {
+            registry: r.registry.clone(),
+            what: what.clone(),
+            attempts: 1,
+            detail,
+        })?;
+        retrying(&r.registry, &what, || async {
+            match self
+                .client
+                .push_manifest_raw(&oref, bytes.to_vec(), ct.clone())
+                .await
+            {
+                Ok(_) => Attempt::Done(()),
+                Err(e) => classify(&r.registry, &what, &auth, e),
+            }
+        })
+        .await?;
+        Ok(Digest::of(bytes))
     }
 
     /// Download a blob into the store unless it is there already. Verified
@@ -408,6 +558,10 @@ impl Backoff {
         self.attempt += 1;
         Ok(())
     }
+}
+
+fn reqwest_header(v: &str) -> Result<http::HeaderValue, String> {
+    http::HeaderValue::from_str(v).map_err(|e| format!("media type {v:?}: {e}"))
 }
 
 fn is_digest_error(e: &std::io::Error) -> bool {

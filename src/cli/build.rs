@@ -9,6 +9,7 @@ use i2kit::build::{BuildEvent, BuildOptions, Builder, Format};
 use i2kit::compress::Compression;
 use i2kit::lock::{LockFile, lock_path};
 use i2kit::oci::Platform;
+use i2kit::remote_cache;
 
 use super::{Cli, NetArgs};
 
@@ -42,6 +43,18 @@ pub struct Args {
     /// Target platform, overriding the manifest's (linux/amd64, linux/arm64).
     #[arg(long)]
     platform: Option<Platform>,
+    /// Before building, look the build key up in this registry repository
+    /// (REGISTRY/REPO, repeatable, in order); a hit is verified, then used.
+    #[arg(long = "cache-from", value_name = "REGISTRY/REPO")]
+    cache_from: Vec<String>,
+    /// After building, push the outputs to REGISTRY/REPO as `bk-<build key>`
+    /// (skipped when already there; a different entry is a reproducibility alarm).
+    #[arg(long = "cache-to", value_name = "REGISTRY/REPO")]
+    cache_to: Option<String>,
+    /// Push with standard OCI image media types (real types in annotations),
+    /// for registries that refuse custom ones (GitLab, Quay).
+    #[arg(long)]
+    cache_compat: bool,
     #[command(flatten)]
     net: NetArgs,
     /// Print the build report as JSON on stdout.
@@ -80,10 +93,31 @@ pub fn build_for_push(
         locked: false,
         dry_run: false,
         platform: None,
+        cache_from: Vec::new(),
+        cache_to: None,
+        cache_compat: false,
         net,
         json: false,
     };
     execute(cli, &a, false)?.context("the build produced no report")
+}
+
+/// A cache location: REGISTRY/REPO, no tag or digest.
+fn cache_repo(s: &str) -> anyhow::Result<i2kit::reference::RegistryRef> {
+    match s.parse::<i2kit::reference::ImageRef>() {
+        Ok(i2kit::reference::ImageRef::Registry(mut r)) => {
+            anyhow::ensure!(
+                r.digest.is_none() && !s.rsplit('/').next().unwrap_or("").contains(':'),
+                "cache location {s:?} must be REGISTRY/REPO, without a tag or digest (i2kit tags entries bk-<build key>)"
+            );
+            r.tag = None;
+            Ok(r)
+        }
+        Ok(_) => {
+            anyhow::bail!("cache location {s:?} must be a registry repository, not an OCI layout")
+        }
+        Err(e) => Err(anyhow::anyhow!("cache location {s:?}: {e}")),
+    }
 }
 
 /// Run a build (or a dry run, which prints the plan and returns None).
@@ -131,7 +165,7 @@ fn execute(cli: &Cli, a: &Args, quiet: bool) -> anyhow::Result<Option<i2kit::bui
             }
         }
     });
-    let builder = Builder::new(store, events, build_events);
+    let builder = Builder::new(store.clone(), events, build_events);
     let lock_ref = lock.as_ref().map(|l| (lock_file.as_path(), l));
     let rt = super::runtime()?;
     if a.dry_run {
@@ -143,9 +177,79 @@ fn execute(cli: &Cli, a: &Args, quiet: bool) -> anyhow::Result<Option<i2kit::bui
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(None);
     }
+    let cache_from = a
+        .cache_from
+        .iter()
+        .map(|s| cache_repo(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_to = a.cache_to.as_deref().map(cache_repo).transpose()?;
+    let registry = (!cache_from.is_empty() || cache_to.is_some()).then(|| {
+        i2kit::registry::Registry::new(
+            &opts.fetch.registry,
+            cache_from.iter().chain(cache_to.iter()),
+        )
+    });
+    if let Some(reg) = &registry
+        && !cache_from.is_empty()
+    {
+        let key = rt
+            .block_on(builder.plan(&pod, lock_ref, &opts))?
+            .build_key();
+        if remote_cache::has_local(&store, key) {
+            // The local artifact cache answers first.
+        } else if opts.fetch.offline {
+            eprintln!("--offline: not asking the remote caches");
+        } else {
+            for repo in &cache_from {
+                match rt.block_on(remote_cache::pull(reg, &store, repo, key)) {
+                    Ok(Some(p)) => {
+                        if !quiet {
+                            eprintln!(
+                                "remote cache hit: {} verified ({} bytes downloaded)",
+                                p.entry, p.downloaded
+                            );
+                        }
+                        break;
+                    }
+                    Ok(None) => {
+                        if !quiet {
+                            eprintln!("remote cache miss: {}/{}", repo.registry, repo.repository);
+                        }
+                    }
+                    // A cache that cannot be reached only costs the hit.
+                    Err(remote_cache::CacheError::Registry(e)) => {
+                        eprintln!(
+                            "warning: remote cache {}/{} not usable: {e}",
+                            repo.registry, repo.repository
+                        )
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context("--cache-from")),
+                }
+            }
+        }
+    }
     let report = rt
         .block_on(builder.build(&pod, lock_ref, &opts))
         .context("build failed")?;
+    if let (Some(reg), Some(repo)) = (&registry, &cache_to) {
+        let p = remote_cache::prepare(&store, report.build_key, a.cache_compat)?;
+        let pushed = rt
+            .block_on(remote_cache::push(reg, &store, repo, report.build_key, &p))
+            .context("--cache-to")?;
+        if !quiet {
+            if pushed.already {
+                eprintln!(
+                    "remote cache: {} already holds this build ({})",
+                    pushed.tag, pushed.digest
+                );
+            } else {
+                eprintln!(
+                    "remote cache: pushed {} ({}; {} blobs uploaded, {} already there)",
+                    pushed.tag, pushed.digest, pushed.uploaded, pushed.present
+                );
+            }
+        }
+    }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
