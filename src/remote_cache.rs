@@ -120,11 +120,11 @@ pub struct Prepared {
     pub blobs: Vec<Descriptor>,
 }
 
-/// The local record of `key`: (plan descriptor, outputs as (name, digest, size)).
-fn local_record(
-    store: &Store,
-    key: Digest,
-) -> Result<Option<(Descriptor, Vec<(String, Digest, u64)>)>, CacheError> {
+/// Output files as (name, digest, size).
+type Outputs = Vec<(String, Digest, u64)>;
+
+/// The local record of `key`: (plan descriptor, outputs).
+fn local_record(store: &Store, key: Digest) -> Result<Option<(Descriptor, Outputs)>, CacheError> {
     let Some(desc) = store.find_ref(&format!("{BUILD_REF_PREFIX}{}", key.hex()))? else {
         return Ok(None);
     };
@@ -482,7 +482,7 @@ async fn pull_inner(
         }
         by_name.entry(name.to_string()).or_default().push(l);
     }
-    let mut outputs: Vec<(String, Digest, u64)> = Vec::new();
+    let mut outputs: Outputs = Vec::new();
     for (name, mut layers) in by_name {
         let size = num(layers[0], A_SIZE).map_err(reject)?;
         let digest: Digest = ann(layers[0], A_DIGEST)
