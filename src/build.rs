@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::compress::Compression;
 use crate::digest::Digest;
@@ -91,10 +91,13 @@ pub struct BuildOptions {
     pub platform: Option<Platform>,
     /// Fetching.
     pub fetch: FetchOptions,
+    /// Read and write the local artifact cache (off for `i2kit verify`,
+    /// which must really rebuild and must not replace the recorded build).
+    pub artifact_cache: bool,
 }
 
 /// One input of the plan.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PlanInput {
     /// The reference as written (normalised).
     pub reference: String,
@@ -103,7 +106,7 @@ pub struct PlanInput {
 }
 
 /// The canonical plan; its JSON's sha256 is the build key.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
     /// Plan schema.
@@ -396,7 +399,9 @@ impl Builder {
         timings.insert("plan".to_string(), t0.elapsed().as_secs_f64());
         let key = plan.build_key();
         (self.build_events)(&BuildEvent::Planned { build_key: key });
-        if let Some(report) = self.cached_outputs(key, &opts.output_dir)? {
+        if opts.artifact_cache
+            && let Some(report) = self.cached_outputs(key, &opts.output_dir)?
+        {
             (self.build_events)(&BuildEvent::CacheHit { build_key: key });
             return Ok(report);
         }
@@ -446,8 +451,7 @@ impl Builder {
             t.elapsed().as_secs_f64(),
         );
         let t = std::time::Instant::now();
-        let mut report =
-            self.write_outputs(&plan, key, assembled, &opts.output_dir, &mut timings)?;
+        let mut report = self.write_outputs(&plan, key, assembled, opts, &mut timings)?;
         timings.insert("outputs".to_string(), t.elapsed().as_secs_f64());
         timings.insert("total".to_string(), t0.elapsed().as_secs_f64());
         report.timings = timings;
@@ -558,9 +562,10 @@ impl Builder {
         plan: &Plan,
         key: Digest,
         a: Assembled,
-        out_dir: &Path,
+        opts: &BuildOptions,
         timings: &mut BTreeMap<String, f64>,
     ) -> Result<BuildReport, BuildError> {
+        let out_dir = opts.output_dir.as_path();
         let Assembled {
             segments,
             kernel,
@@ -717,10 +722,12 @@ impl Builder {
                 size: size_of(d),
             });
         }
-        self.store.set_ref(
-            &format!("{BUILD_REF_PREFIX}{}", key.hex()),
-            Descriptor::new(oci::OCI_MANIFEST, md, mbytes.len() as u64),
-        )?;
+        if opts.artifact_cache {
+            self.store.set_ref(
+                &format!("{BUILD_REF_PREFIX}{}", key.hex()),
+                Descriptor::new(oci::OCI_MANIFEST, md, mbytes.len() as u64),
+            )?;
+        }
         Ok(BuildReport {
             build_key: key,
             cached: false,

@@ -65,7 +65,7 @@ impl fmt::Display for ManifestError {
 pub use i2kit_pod::{PortSpec, RestartPolicy};
 
 /// One container of the Pod, as the manifest says it (image config not yet applied).
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerSpec {
     /// DNS-1123 label.
@@ -91,7 +91,7 @@ pub struct ContainerSpec {
 }
 
 /// i2kit's own settings.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Settings {
     /// Kernel image (LinuxKit layout: `/kernel`, `/kernel.tar`).
@@ -111,7 +111,7 @@ pub struct Settings {
 }
 
 /// The Pod a manifest describes.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pod {
     /// Pod (and image) name.

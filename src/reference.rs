@@ -329,6 +329,13 @@ impl serde::Serialize for ImageRef {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for ImageRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl ImageRef {
     /// The pinned digest, if any.
     pub fn digest(&self) -> Option<Digest> {

@@ -276,3 +276,53 @@ fn poisoned_cache_entries_are_rejected_and_leave_nothing_behind() {
     let r = build(&f, "x", &["--cache-to", &format!("{cache}:latest")]);
     assert!(!r.ok && r.err.contains("without a tag"), "{}", r.err);
 }
+
+#[test]
+fn verify_rebuilds_from_the_plan_and_names_what_differs() {
+    let f = fixture();
+    let cache = format!("{}/cache/web", f.reg.host());
+    let lock_store = f.dir.path().join("store-lock");
+    let (ok, _, err) = run(&[
+        "lock",
+        "--store",
+        lock_store.to_str().unwrap(),
+        f.manifest.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let a = build(&f, "a", &["--cache-to", &cache, "--reproducible"]);
+    assert!(a.ok, "{}", a.err);
+    let out = f.dir.path().join("out-a");
+    let verify = |store: &str, extra: &[&str]| {
+        let s = f.dir.path().join(format!("store-{store}"));
+        let mut args = vec![
+            "verify",
+            "--store",
+            s.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        run(&args)
+    };
+    let (ok, stdout, err) = verify("a", &[]);
+    assert!(ok, "{stdout}\n{err}");
+    assert!(err.contains("reproduced bit for bit"), "{err}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok")).count(),
+        5,
+        "{stdout}"
+    );
+    // Where the build did not run: the plan comes from the cache entry.
+    let (ok, _, err) = verify("elsewhere", &[]);
+    assert!(!ok && err.contains("--cache-from"), "{err}");
+    let (ok, stdout, err) = verify("elsewhere", &["--cache-from", &cache]);
+    assert!(ok, "{stdout}\n{err}");
+    // A changed output is named.
+    let initrd = out.join("web-initrd.img");
+    let mut b = std::fs::read(&initrd).unwrap();
+    b[100] ^= 1;
+    std::fs::write(&initrd, b).unwrap();
+    let (ok, stdout, err) = verify("a", &[]);
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("DIFFERS web-initrd.img"), "{stdout}");
+    assert!(err.contains("NOT reproduced"), "{err}");
+}

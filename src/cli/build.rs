@@ -103,7 +103,7 @@ pub fn build_for_push(
 }
 
 /// A cache location: REGISTRY/REPO, no tag or digest.
-fn cache_repo(s: &str) -> anyhow::Result<i2kit::reference::RegistryRef> {
+pub(super) fn cache_repo(s: &str) -> anyhow::Result<i2kit::reference::RegistryRef> {
     match s.parse::<i2kit::reference::ImageRef>() {
         Ok(i2kit::reference::ImageRef::Registry(mut r)) => {
             anyhow::ensure!(
@@ -145,6 +145,7 @@ fn execute(cli: &Cli, a: &Args, quiet: bool) -> anyhow::Result<Option<i2kit::bui
         locked: a.locked,
         platform: a.platform.clone(),
         fetch: a.net.fetch_options(),
+        artifact_cache: true,
     };
     let store = cli.open_store()?;
     let (events, bar) = super::progress::sink(quiet);

@@ -15,6 +15,7 @@ mod pull;
 mod push;
 mod run;
 mod store;
+mod verify;
 
 /// i2kit: turn a Kubernetes Deployment into a bootable, reproducible VM image.
 ///
@@ -51,6 +52,8 @@ enum Command {
     /// Ship an image: `push aws` uploads it through the EBS direct APIs and registers an AMI.
     #[command(subcommand)]
     Push(push::Command),
+    /// Rebuild a build from its recorded plan and compare every output bit for bit.
+    Verify(verify::Args),
     /// Boot a raw image locally in QEMU (UEFI; serial console on this terminal).
     Run(run::Args),
     /// Inspect and maintain the store.
@@ -121,6 +124,7 @@ pub fn main() -> ExitCode {
         Command::Store(c) => store::run(&cli, c),
         Command::Image(c) => image::run(c),
         Command::Run(a) => run::run(a),
+        Command::Verify(a) => verify::run(&cli, a),
         Command::Push(c) => push::run(&cli, c),
     };
     match result {
