@@ -291,6 +291,15 @@ impl Builder {
         }
     }
 
+    /// Fetch options with the lock's mirrors.
+    fn fetch_options(lock: Option<(&Path, &LockFile)>, opts: &BuildOptions) -> FetchOptions {
+        let mut f = opts.fetch.clone();
+        if let Some((_, l)) = lock {
+            f.mirrors.extend(l.mirrors());
+        }
+        f
+    }
+
     fn platform(pod: &Pod, opts: &BuildOptions) -> Platform {
         opts.platform
             .clone()
@@ -343,7 +352,7 @@ impl Builder {
         let refs = Self::pinned_refs(pod, lock, opts)?;
         let fetcher = Fetcher::new(
             self.store.clone(),
-            opts.fetch.clone(),
+            Self::fetch_options(lock, opts),
             self.events.clone(),
             refs.iter().map(|(_, r)| r),
         );
@@ -419,7 +428,7 @@ impl Builder {
             .collect::<Result<_, _>>()?;
         let fetcher = Fetcher::new(
             self.store.clone(),
-            opts.fetch.clone(),
+            Self::fetch_options(lock, opts),
             self.events.clone(),
             pinned.iter().map(|(r, _)| r),
         );

@@ -138,6 +138,11 @@ pub struct FetchOptions {
     pub registry: RegistryOptions,
     /// Never open a network connection.
     pub offline: bool,
+    /// Where to fetch a reference from instead (by reference without digest,
+    /// from `i2kit mirror`'s lock). Content is still addressed and verified
+    /// by digest, and the reference keeps its name in plans and pod.json, so
+    /// a build from a mirror is the same build.
+    pub mirrors: std::collections::BTreeMap<String, RegistryRef>,
 }
 
 impl Default for FetchOptions {
@@ -146,6 +151,7 @@ impl Default for FetchOptions {
             jobs: 8,
             registry: RegistryOptions::default(),
             offline: false,
+            mirrors: Default::default(),
         }
     }
 }
@@ -229,6 +235,7 @@ impl Fetcher {
                 ImageRef::Registry(x) => Some(x),
                 ImageRef::Layout(_) => None,
             })
+            .chain(opts.mirrors.values())
             .collect();
         Fetcher {
             registry: Registry::new(&opts.registry, regs),
@@ -241,6 +248,22 @@ impl Fetcher {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Where `r` is fetched from: its mirror when the lock names one.
+    fn location(&self, r: &RegistryRef) -> RegistryRef {
+        match self
+            .opts
+            .mirrors
+            .get(&ImageRef::Registry(r.clone()).without_digest().to_string())
+        {
+            Some(m) => RegistryRef {
+                registry: m.registry.clone(),
+                repository: m.repository.clone(),
+                ..r.clone()
+            },
+            None => r.clone(),
+        }
     }
 
     /// Manifest bytes for `r` (pinned to `digest` when given): store first, then the source.
@@ -268,7 +291,7 @@ impl Fetcher {
         }
         let (bytes, actual) = match r {
             ImageRef::Registry(rr) => {
-                let mut rr = rr.clone();
+                let mut rr = self.location(rr);
                 if let Some(d) = digest {
                     rr.digest = Some(d);
                 }
@@ -296,7 +319,12 @@ impl Fetcher {
         match r {
             ImageRef::Registry(rr) => {
                 self.registry
-                    .fetch_blob(rr, desc, &self.store, &Progress(&self.events))
+                    .fetch_blob(
+                        &self.location(rr),
+                        desc,
+                        &self.store,
+                        &Progress(&self.events),
+                    )
                     .await?;
             }
             ImageRef::Layout(l) => {
@@ -454,7 +482,66 @@ impl Fetcher {
     }
 }
 
+/// Everything one reference names, for copying it elsewhere byte for byte.
+#[derive(Clone, Debug)]
+pub struct Tree {
+    /// What the reference names (index or manifest).
+    pub top: Descriptor,
+    /// Child manifests of an index, in index order.
+    pub children: Vec<Descriptor>,
+    /// Configs and layers, each once.
+    pub blobs: Vec<Descriptor>,
+}
+
 impl Fetcher {
+    /// Bring `r` (pinned to `top`) into the store with every platform of an
+    /// index: manifests exactly as served, configs and layers.
+    pub async fn pull_tree(&self, r: &ImageRef, top: Digest) -> Result<Tree, FetchError> {
+        let _writer = self.store.lock_writer()?;
+        let (bytes, d) = self.manifest_bytes(r, Some(top)).await?;
+        let doc = ManifestDoc::parse(&r.to_string(), "", &bytes)?;
+        let top = Descriptor::new(doc.media_type(), d, bytes.len() as u64);
+        let mut images = Vec::new();
+        let mut children = Vec::new();
+        match doc {
+            ManifestDoc::Image(m) => images.push(*m),
+            ManifestDoc::Index(index) => {
+                for c in &index.manifests {
+                    let (cb, cd) = self.manifest_bytes(r, Some(c.digest)).await?;
+                    match ManifestDoc::parse(&format!("{r} ({})", c.digest), &c.media_type, &cb)? {
+                        ManifestDoc::Image(m) => images.push(*m),
+                        ManifestDoc::Index(_) => {
+                            return Err(FetchError::Layout {
+                                path: r.to_string().into(),
+                                problem: "a nested index, which i2kit does not follow".into(),
+                            });
+                        }
+                    }
+                    children.push(Descriptor::new(&c.media_type, cd, cb.len() as u64));
+                }
+            }
+        }
+        let mut blobs: Vec<Descriptor> = Vec::new();
+        for m in &images {
+            for b in std::iter::once(&m.config).chain(&m.layers) {
+                if !blobs.iter().any(|x| x.digest == b.digest) {
+                    blobs.push(b.clone());
+                }
+            }
+        }
+        let jobs = self.opts.jobs.max(1);
+        stream::iter(blobs.iter().map(|b| self.blob(r, b)))
+            .buffer_unordered(jobs)
+            .try_collect::<Vec<bool>>()
+            .await?;
+        self.store.set_ref(&store_name(r), top.clone())?;
+        Ok(Tree {
+            top,
+            children,
+            blobs,
+        })
+    }
+
     /// Offline: everything `refs` need that the store lacks (manifests,
     /// configs, layers), all of it rather than the first gap.
     pub async fn missing(&self, refs: &[(ImageRef, Platform)]) -> Result<Vec<String>, FetchError> {

@@ -46,6 +46,9 @@ pub struct LockedImage {
     pub digest: Digest,
     /// Platform manifest digests.
     pub platforms: BTreeMap<String, Digest>,
+    /// Where `i2kit mirror` copied it (`REGISTRY/REPO`); fetched from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 /// Lock file problems.
@@ -151,6 +154,20 @@ impl LockFile {
             .platforms
             .get(&platform.to_string())
             .map(|d| r.with_digest(*d))
+    }
+
+    /// Mirror locations by reference (without digest), for [`crate::fetch::FetchOptions::mirrors`].
+    pub fn mirrors(&self) -> BTreeMap<String, crate::reference::RegistryRef> {
+        self.images
+            .iter()
+            .filter_map(|(k, v)| {
+                let m = v.mirror.as_ref()?;
+                match m.parse::<ImageRef>().ok()? {
+                    ImageRef::Registry(r) => Some((k.clone(), r)),
+                    ImageRef::Layout(_) => None,
+                }
+            })
+            .collect()
     }
 
     /// Every way the lock fails to cover exactly `refs` on `platforms`.

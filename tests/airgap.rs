@@ -335,3 +335,89 @@ fn tampered_or_hostile_archives_are_refused_and_nothing_is_named() {
     );
     assert!(!f.dir.path().join("escape").exists());
 }
+
+#[test]
+fn mirror_copies_locked_images_byte_for_byte_and_builds_come_from_it() {
+    use common::images::{Entry, Layout, tar_layer};
+    let mut f = fixture();
+    // A second container whose reference names a two-platform index.
+    let src = f.dir.path().join("multi");
+    let mut layout = Layout::new(&src);
+    let amd = layout.simple(
+        "amd",
+        "amd64",
+        &[tar_layer(&[Entry::File("etc/arch", b"amd64\n", 0o644)])],
+    );
+    let arm = layout.simple(
+        "arm",
+        "arm64",
+        &[tar_layer(&[Entry::File("etc/arch", b"arm64\n", 0o644)])],
+    );
+    layout.index("multi", &[("amd64", &amd), ("arm64", &arm)]);
+    f.reg.push(&src, "multi", "airgap/multi:1");
+    let h = f.reg.host();
+    std::fs::write(
+        &f.manifest,
+        format!(
+            "name: web\ncontainers:\n  web:\n    image: {h}/airgap/web:1\n  multi:\n    image: {h}/airgap/multi:1\ni2kit:\n  kernel: {h}/airgap/kernel:1\n  init: {h}/airgap/init:1\n  stub: {h}/airgap/stub:1\n"
+        ),
+    )
+    .unwrap();
+    let s1 = store(&f.dir, "one");
+    let (ok, _, err) = run(&[
+        "lock",
+        "--store",
+        s1.to_str().unwrap(),
+        f.manifest.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let online = build(&s1, &f.dir.path().join("out-1"), &f.manifest, &[]).unwrap();
+
+    let mirror = TestRegistry::start();
+    let to = format!("{}/private", mirror.host());
+    let (ok, out, err) = run(&[
+        "mirror",
+        "--store",
+        s1.to_str().unwrap(),
+        f.manifest.to_str().unwrap(),
+        "--to",
+        &to,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 5, "{out}");
+    let raw = |reference: &str| {
+        let o = std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{reference}"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{reference}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    };
+    for n in ["kernel", "stub", "init", "web", "multi"] {
+        let a = raw(&format!("{h}/airgap/{n}:1"));
+        let b = raw(&format!("{to}/airgap/{n}:1"));
+        assert_eq!(a, b, "{n}: the mirror's manifest bytes differ");
+    }
+    // The index's arm64 image went along too.
+    raw(&format!("{to}/airgap/multi@{}", arm.manifest_digest));
+    let lock = std::fs::read_to_string(f.dir.path().join("i2kit.lock")).unwrap();
+    assert!(
+        lock.contains(&format!("\"mirror\": \"{to}/airgap/web\"")),
+        "{lock}"
+    );
+    // The original registry is gone: a fresh store builds from the mirror, identically.
+    f.reg.stop();
+    let from_mirror = build(
+        &store(&f.dir, "fresh"),
+        &f.dir.path().join("out-2"),
+        &f.manifest,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(from_mirror, online);
+}

@@ -46,11 +46,15 @@ fn is_manifest(s: &str) -> bool {
 
 pub fn export(cli: &Cli, a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let mut want: Vec<(ImageRef, Platform)> = Vec::new();
+    let mut fetch = a.net.fetch_options();
     for input in &a.inputs {
         if is_manifest(input) {
             let path = Path::new(input);
             let pod = i2kit::manifest::load_manifest(path)?;
             let lock = LockFile::load(&lock_path(path))?;
+            if let Some(l) = &lock {
+                fetch.mirrors.extend(l.mirrors());
+            }
             let platforms = if a.platform.is_empty() {
                 vec![pod.settings.platform.clone()]
             } else {
@@ -81,12 +85,7 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> anyhow::Result<ExitCode> {
     }
     let store = cli.open_store()?;
     let (events, bar) = super::progress::sink(a.json);
-    let fetcher = Fetcher::new(
-        store.clone(),
-        a.net.fetch_options(),
-        events,
-        want.iter().map(|(r, _)| r),
-    );
+    let fetcher = Fetcher::new(store.clone(), fetch, events, want.iter().map(|(r, _)| r));
     let resolved = super::runtime()?.block_on(fetcher.pull(&want))?;
     if let Some(b) = bar {
         b.finish_and_clear();

@@ -55,12 +55,11 @@ pub fn run(cli: &Cli, a: &Args) -> anyhow::Result<ExitCode> {
     }
     let store = cli.open_store()?;
     let (events, bar) = super::progress::sink(a.json);
-    let fetcher = Fetcher::new(
-        store,
-        a.net.fetch_options(),
-        events,
-        want.iter().map(|(r, _)| r),
-    );
+    let mut fetch = a.net.fetch_options();
+    if let Some(l) = &lock {
+        fetch.mirrors.extend(l.mirrors());
+    }
+    let fetcher = Fetcher::new(store, fetch, events, want.iter().map(|(r, _)| r));
     let rt = super::runtime()?;
     let resolved = rt.block_on(fetcher.pull(&want))?;
     if let Some(b) = bar {

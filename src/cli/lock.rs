@@ -57,6 +57,7 @@ pub fn run(cli: &Cli, a: &Args) -> anyhow::Result<ExitCode> {
                 .images
                 .entry(i2kit::lock::key(r))
                 .or_insert_with(|| LockedImage {
+                    mirror: None,
                     digest: img.top.digest,
                     platforms: Default::default(),
                 });

@@ -10,6 +10,7 @@ mod build;
 mod fetch;
 mod image;
 mod lock;
+mod mirror;
 mod progress;
 mod pull;
 mod push;
@@ -52,6 +53,9 @@ enum Command {
     /// Ship an image: `push aws` uploads it through the EBS direct APIs and registers an AMI.
     #[command(subcommand)]
     Push(push::Command),
+    /// Copy every locked image of MANIFEST byte for byte into a private registry and point
+    /// i2kit.lock at it (digests, and so builds, stay the same).
+    Mirror(mirror::Args),
     /// Rebuild a build from its recorded plan and compare every output bit for bit.
     Verify(verify::Args),
     /// Boot a raw image locally in QEMU (UEFI; serial console on this terminal).
@@ -87,6 +91,7 @@ impl NetArgs {
                 insecure: self.insecure.clone(),
             },
             offline: self.offline,
+            mirrors: Default::default(),
         }
     }
 }
@@ -125,6 +130,7 @@ pub fn main() -> ExitCode {
         Command::Image(c) => image::run(c),
         Command::Run(a) => run::run(a),
         Command::Verify(a) => verify::run(&cli, a),
+        Command::Mirror(a) => mirror::run(&cli, a),
         Command::Push(c) => push::run(&cli, c),
     };
     match result {

@@ -113,6 +113,7 @@ pub fn run(cli: &Cli, a: &Args) -> anyhow::Result<ExitCode> {
         lock.images.insert(
             i2kit::lock::key(&r),
             LockedImage {
+                mirror: None,
                 digest: input.digest,
                 platforms: [(plan.platform.clone(), input.digest)].into(),
             },
