@@ -238,6 +238,7 @@ mod tests {
         lock.images.insert(
             key(&a),
             LockedImage {
+                mirror: Some("mirror.example:5000/team/a".into()),
                 digest: Digest::of(b"a"),
                 platforms: [("linux/amd64".to_string(), Digest::of(b"a-amd"))].into(),
             },
@@ -245,6 +246,7 @@ mod tests {
         lock.images.insert(
             "localhost:5000/gone:1".into(),
             LockedImage {
+                mirror: None,
                 digest: Digest::of(b"g"),
                 platforms: BTreeMap::new(),
             },
@@ -268,6 +270,10 @@ mod tests {
             Some(Digest::of(b"a-amd"))
         );
         assert!(lock.pin(&a, &arm).is_none());
+        let mirrors = lock.mirrors();
+        assert_eq!(mirrors.len(), 1);
+        assert_eq!(mirrors[&key(&a)].registry, "mirror.example:5000");
+        assert_eq!(mirrors[&key(&a)].repository, "team/a");
         let pinned_elsewhere = a.with_digest(Digest::of(b"other"));
         assert!(lock.stale_entries(&[pinned_elsewhere], &[amd])[0].contains("the manifest pins"));
     }
@@ -278,6 +284,7 @@ mod tests {
         lock.images.insert(
             "x/y:1".into(),
             LockedImage {
+                mirror: None,
                 digest: Digest::of(b"1"),
                 platforms: [
                     ("linux/arm64".into(), Digest::of(b"2")),
