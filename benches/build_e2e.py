@@ -13,7 +13,7 @@ Usage: cargo build --release && benches/build_e2e.py [--runs N]
 """
 import argparse, hashlib, os, shutil, subprocess, sys, tempfile, time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "lib"))
-from bench_common import Registry, fast_noise, median, push, tar_layer, timed, write_layout
+from bench_common import Registry, big_build_inputs, median, timed
 
 here = os.path.dirname(os.path.abspath(__file__))
 ap = argparse.ArgumentParser()
@@ -23,57 +23,11 @@ ap.add_argument("--i2kit", default=os.path.join(here, "..", "target", "release",
 a = ap.parse_args()
 i2kit = os.path.abspath(a.i2kit)
 
-def text_block(seed, n):
-    line = b"".join(b"%08d GET /api/v1/items/%d 200 OK user-agent=bench %s\n" % (i, (i * 7919 + seed) % 100000, b"x" * (i % 40)) for i in range(20000))
-    reps = n // len(line) + 1
-    return (line * reps)[:n]
-
 work = tempfile.mkdtemp(prefix="i2kit-build-bench-")
 reg = Registry(os.path.join(work, "reg"))
 try:
     host = reg.host()
-    # Kernel (Debian cloud) and a busybox init, pushed to the registry.
-    subprocess.run([os.path.join(here, "..", "kernels", "pack-debian-kernel.sh"), "amd64", f"{work}/inputs", "kernel", i2kit], check=True, stdout=subprocess.DEVNULL)
-    push(f"{work}/inputs", "kernel", f"{host}/bench/kernel:1")
-    subprocess.run([os.path.join(here, "..", "kernels", "pack-efi-stub.sh"), "amd64", f"{work}/inputs", "stub", i2kit], check=True, stdout=subprocess.DEVNULL)
-    push(f"{work}/inputs", "stub", f"{host}/bench/stub:1")
-    os.makedirs(f"{work}/init/bin")
-    shutil.copy("/bin/busybox", f"{work}/init/bin/busybox")
-    os.symlink("bin/busybox", f"{work}/init/init")
-    subprocess.run([i2kit, "image", "pack", f"{work}/init", "--tag", f"oci:{work}/inputs:init"], check=True, stdout=subprocess.DEVNULL)
-    push(f"{work}/inputs", "init", f"{host}/bench/init:1")
-    # The big container: 5 layers of 28 MiB random + 112 MiB of log-like text, 20 files each.
-    layers = []
-    for i in range(5):
-        files = []
-        for f in range(20):
-            files.append((f"srv/layer{i}/rand{f:02d}.bin", fast_noise(i * 100 + f, (28 << 20) // 20)))
-            files.append((f"srv/layer{i}/log{f:02d}.txt", text_block(i * 100 + f, (112 << 20) // 20)))
-        layers.append(tar_layer(files))
-    digest, size = write_layout(f"{work}/big", "big", layers, config_extra={"Entrypoint": ["/srv/app"]})
-    push(f"{work}/big", "big", f"{host}/bench/big:1")
-    unc = sum(len(l) for l in layers)
-    print(f"container {host}/bench/big:1: 5 layers, {size / 2**20:.0f} MiB compressed, {unc / 2**20:.0f} MiB uncompressed")
-    del layers
-
-    def manifest(path, env):
-        open(path, "w").write(f"""name: bench
-containers:
-  web:
-    image: {host}/bench/big:1
-    environment: [MODE={env}]
-i2kit:
-  kernel: {host}/bench/kernel:1
-  init: {host}/bench/init:1
-  stub: {host}/bench/stub:1
-  profile: generic
-""")
-    os.makedirs(f"{work}/proj")
-    manifest(f"{work}/proj/a.yml", "a")
-    manifest(f"{work}/proj/b.yml", "b")
-    subprocess.run([i2kit, "lock", "--store", f"{work}/lockstore", f"{work}/proj/a.yml"], check=True, stderr=subprocess.DEVNULL)
-    shutil.copy(f"{work}/proj/i2kit.lock", f"{work}/proj/i2kit.lock.a")
-
+    big_build_inputs(work, host, i2kit, os.path.join(here, ".."))
     def build(store, out, m):
         return timed([i2kit, "build", "--format", "kernel+initrd", "--store", store, "-o", out, m])
 

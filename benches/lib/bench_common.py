@@ -1,6 +1,6 @@
 """Shared helpers for i2kit's end-to-end benchmarks: a throwaway docker-registry,
 a deterministic big OCI image, and timing with peak RSS via /usr/bin/time."""
-import gzip, hashlib, json, os, socket, statistics, subprocess, tempfile, time, zlib
+import gzip, hashlib, json, os, shutil, socket, statistics, subprocess, tempfile, time, zlib
 
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -92,3 +92,56 @@ def timed(cmd, env=None, capture=False):
     return (dt, rss, p.stdout) if capture else (dt, rss)
 
 def median(xs): return statistics.median(xs)
+
+
+def text_block(seed, n):
+    line = b"".join(b"%08d GET /api/v1/items/%d 200 OK user-agent=bench %s\n" % (i, (i * 7919 + seed) % 100000, b"x" * (i % 40)) for i in range(20000))
+    reps = n // len(line) + 1
+    return (line * reps)[:n]
+
+
+def big_build_inputs(work, host, i2kit, root):
+    """Kernel, stub, busybox init and a ~200 MB / 5-layer / ~700 MB-uncompressed
+    container pushed to `host`; manifests proj/a.yml and proj/b.yml (one env var
+    apart) and proj/i2kit.lock (of a.yml) under `work`."""
+    # Kernel (Debian cloud) and a busybox init, pushed to the registry.
+    subprocess.run([os.path.join(root, "kernels", "pack-debian-kernel.sh"), "amd64", f"{work}/inputs", "kernel", i2kit], check=True, stdout=subprocess.DEVNULL)
+    push(f"{work}/inputs", "kernel", f"{host}/bench/kernel:1")
+    subprocess.run([os.path.join(root, "kernels", "pack-efi-stub.sh"), "amd64", f"{work}/inputs", "stub", i2kit], check=True, stdout=subprocess.DEVNULL)
+    push(f"{work}/inputs", "stub", f"{host}/bench/stub:1")
+    os.makedirs(f"{work}/init/bin")
+    shutil.copy("/bin/busybox", f"{work}/init/bin/busybox")
+    os.symlink("bin/busybox", f"{work}/init/init")
+    subprocess.run([i2kit, "image", "pack", f"{work}/init", "--tag", f"oci:{work}/inputs:init"], check=True, stdout=subprocess.DEVNULL)
+    push(f"{work}/inputs", "init", f"{host}/bench/init:1")
+    # The big container: 5 layers of 28 MiB random + 112 MiB of log-like text, 20 files each.
+    layers = []
+    for i in range(5):
+        files = []
+        for f in range(20):
+            files.append((f"srv/layer{i}/rand{f:02d}.bin", fast_noise(i * 100 + f, (28 << 20) // 20)))
+            files.append((f"srv/layer{i}/log{f:02d}.txt", text_block(i * 100 + f, (112 << 20) // 20)))
+        layers.append(tar_layer(files))
+    digest, size = write_layout(f"{work}/big", "big", layers, config_extra={"Entrypoint": ["/srv/app"]})
+    push(f"{work}/big", "big", f"{host}/bench/big:1")
+    unc = sum(len(l) for l in layers)
+    print(f"container {host}/bench/big:1: 5 layers, {size / 2**20:.0f} MiB compressed, {unc / 2**20:.0f} MiB uncompressed")
+    del layers
+
+    def manifest(path, env):
+        open(path, "w").write(f"""name: bench
+containers:
+  web:
+    image: {host}/bench/big:1
+    environment: [MODE={env}]
+i2kit:
+  kernel: {host}/bench/kernel:1
+  init: {host}/bench/init:1
+  stub: {host}/bench/stub:1
+  profile: generic
+""")
+    os.makedirs(f"{work}/proj")
+    manifest(f"{work}/proj/a.yml", "a")
+    manifest(f"{work}/proj/b.yml", "b")
+    subprocess.run([i2kit, "lock", "--store", f"{work}/lockstore", f"{work}/proj/a.yml"], check=True, stderr=subprocess.DEVNULL)
+    shutil.copy(f"{work}/proj/i2kit.lock", f"{work}/proj/i2kit.lock.a")
