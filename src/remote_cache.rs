@@ -7,7 +7,9 @@
 //! - one layer per output, or per 256 MiB slice of a large output, each slice
 //!   compressed on its own with zstd (level 3, single-threaded: the bytes
 //!   depend on nothing but the input) so uploads go in parallel, resume per
-//!   slice, and unchanged slices dedupe. Annotations carry the output name,
+//!   slice, and unchanged slices dedupe. A slice that zstd cannot shrink by
+//!   a tenth (a disk image holding a compressed initramfs) is stored as it
+//!   is: the decision depends only on the bytes, so every builder agrees. Annotations carry the output name,
 //!   size and digest and the slice's offset, size and digest.
 //!
 //! Two builders pushing one key push identical bytes. `--cache-compat` uses
@@ -33,7 +35,9 @@ use crate::reference::RegistryRef;
 use crate::registry::{Registry, RegistryError};
 use crate::store::{Store, StoreError};
 
-/// Slice size of large outputs (uncompressed).
+/// Slice size of large outputs (uncompressed). Most disk images fit in one
+/// slice; one that zstd cannot shrink is then the output blob itself, which
+/// a hit downloads and uses without a second pass.
 pub const SLICE: u64 = 256 << 20;
 /// Outputs up to this size are one uncompressed layer.
 pub const SMALL: u64 = 1 << 20;
@@ -154,43 +158,57 @@ pub fn has_local(store: &Store, key: Digest) -> bool {
     matches!(local_record(store, key), Ok(Some((_, outs))) if outs.iter().all(|(_, d, s)| store.has_blob(d, Some(*s))))
 }
 
-fn compress_slice(
+/// A slice of an output as a store blob: zstd-compressed, or the plain bytes
+/// when compression saves less than a tenth. Streams (memory stays small
+/// whatever the slice size). Returns (media type, blob digest, blob size,
+/// digest of the plain slice).
+fn store_slice(
     store: &Store,
     output: &Digest,
+    output_size: u64,
     offset: u64,
     len: u64,
-) -> Result<(Digest, u64, Digest), CacheError> {
-    let mut f = store.open_blob(output)?;
+) -> Result<(&'static str, Digest, u64, Digest), CacheError> {
     let io = |e: std::io::Error| StoreError::Io {
-        action: "compressing an output slice",
+        action: "slicing an output for the remote cache",
         path: store.blob_path(output),
         source: e,
     };
-    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).map_err(io)?;
+    let open_at = || -> Result<std::io::Take<std::fs::File>, CacheError> {
+        let mut f = store.open_blob(output)?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).map_err(io)?;
+        Ok(f.take(len))
+    };
     let mut plain = Hasher::new();
-    let mut w = store.blob_writer_new("compressed output slice")?;
+    let mut packed = store.blob_writer_new("compressed output slice")?;
     {
-        let mut enc = zstd::stream::write::Encoder::new(&mut w, 3).map_err(io)?;
-        let mut left = len;
+        let mut enc = zstd::stream::write::Encoder::new(&mut packed, 3).map_err(io)?;
+        let mut src = open_at()?;
         let mut buf = vec![0u8; 1 << 20];
-        while left > 0 {
-            let n = f.read(&mut buf[..left.min(1 << 20) as usize]).map_err(io)?;
+        loop {
+            let n = src.read(&mut buf).map_err(io)?;
             if n == 0 {
-                return Err(io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "output shorter than recorded",
-                ))
-                .into());
+                break;
             }
             plain.update(&buf[..n]);
             enc.write_all(&buf[..n]).map_err(io)?;
-            left -= n as u64;
         }
         enc.finish().map_err(io)?;
     }
-    let size = w.written();
+    let plain = plain.finish();
+    let packed_size = packed.written();
+    if packed_size * 10 <= len * 9 {
+        let d = packed.commit()?;
+        return Ok((OUTPUT_ZSTD_TYPE, d, packed_size, plain));
+    }
+    drop(packed); // not worth it: the uncommitted blob is discarded
+    if offset == 0 && len == output_size {
+        return Ok((OUTPUT_TYPE, *output, len, plain)); // the output blob itself
+    }
+    let mut w = store.blob_writer("output slice", plain, Some(len))?;
+    std::io::copy(&mut open_at()?, &mut w).map_err(io)?;
     let d = w.commit()?;
-    Ok((d, size, plain.finish()))
+    Ok((OUTPUT_TYPE, d, len, plain))
 }
 
 /// The manifest for the local build `key` (compressing large outputs into
@@ -245,12 +263,13 @@ pub fn prepare(store: &Store, key: Digest, compat: bool) -> Result<Prepared, Cac
             let (media, digest, size) = if j.size <= SMALL {
                 (OUTPUT_TYPE, j.digest, j.size)
             } else {
-                let (d, csize, plain) = compress_slice(store, &j.digest, j.offset, j.len)?;
+                let (media, d, bsize, plain) =
+                    store_slice(store, &j.digest, j.size, j.offset, j.len)?;
                 ann.insert(A_SLICE.into(), j.index.to_string());
                 ann.insert(A_OFFSET.into(), j.offset.to_string());
                 ann.insert(A_SLICE_SIZE.into(), j.len.to_string());
                 ann.insert(A_SLICE_DIGEST.into(), plain.to_string());
-                (OUTPUT_ZSTD_TYPE, d, csize)
+                (media, d, bsize)
             };
             let mut desc = Descriptor::new(media, digest, size);
             if compat {
@@ -489,6 +508,19 @@ async fn pull_inner(
             .and_then(|d| d.parse().ok())
             .ok_or_else(|| reject(format!("{name}: no output digest")))?;
         layers.sort_by_key(|l| num(l, A_SLICE).unwrap_or(0));
+        // One plain layer holding the whole output: the download (verified
+        // against the layer digest) already is the output.
+        let media0 = ann(layers[0], A_MEDIA_TYPE).unwrap_or(&layers[0].media_type);
+        if layers.len() == 1 && media0 == OUTPUT_TYPE && layers[0].digest == digest {
+            if layers[0].size != size {
+                return Err(reject(format!(
+                    "{name}: {} bytes, annotated {size}",
+                    layers[0].size
+                )));
+            }
+            outputs.push((name, digest, size));
+            continue;
+        }
         let fresh = !store.has_blob(&digest, Some(size));
         let mut w =
             store.blob_writer(&format!("output {name} from {entry}"), digest, Some(size))?;
@@ -498,6 +530,24 @@ async fn pull_inner(
             let mut f = store.open_blob(&l.digest)?;
             match media {
                 OUTPUT_TYPE => {
+                    // A plain slice (or a whole small output): the blob digest,
+                    // verified on download, is the slice's.
+                    if ann(l, A_SLICE).is_some() {
+                        let want_off = num(l, A_OFFSET).map_err(reject)?;
+                        let len = num(l, A_SLICE_SIZE).map_err(reject)?;
+                        if want_off != offset || len != l.size {
+                            return Err(reject(format!(
+                                "{name}: plain slice at {want_off} of {len} bytes does not fit at {offset} ({} bytes)",
+                                l.size
+                            )));
+                        }
+                        if ann(l, A_SLICE_DIGEST) != Some(l.digest.to_string().as_str()) {
+                            return Err(reject(format!(
+                                "{name}: plain slice {} is annotated with another digest",
+                                l.digest
+                            )));
+                        }
+                    }
                     std::io::copy(&mut f, &mut w).map_err(|e| reject(format!("{name}: {e}")))?;
                     offset += l.size;
                 }
