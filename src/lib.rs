@@ -39,6 +39,7 @@ pub mod reference;
 pub mod registry;
 pub mod remote_cache;
 pub mod run;
+pub mod signing;
 pub mod store;
 pub mod tree;
 pub mod uki;

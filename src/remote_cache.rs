@@ -86,6 +86,12 @@ pub enum CacheError {
         /// What we would push.
         ours: Digest,
     },
+    /// `--trust-key` was given and no trusted key signed the entry.
+    #[error("cache entry {entry} is not signed by a trusted key (--trust-key); ignored")]
+    Untrusted {
+        /// `repo@digest`.
+        entry: String,
+    },
     /// A cache entry failed verification.
     #[error("cache entry {entry} rejected: {reason}")]
     Rejected {
@@ -389,6 +395,102 @@ pub async fn push(
     })
 }
 
+const SIG_ARTIFACT: &str = "application/vnd.i2kit.signature.v1";
+const SIG_LAYER: &str = "application/vnd.i2kit.signature.v1+json";
+const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
+
+fn sig_tag(key: &Digest, signer: &ed25519_dalek::VerifyingKey) -> String {
+    format!("{}.sig-{}", tag_for(key), crate::signing::key_id(signer))
+}
+
+/// Sign the entry `manifest` of build `key` and push the signature next to
+/// it; false when that exact signature was already there.
+pub async fn push_signature(
+    reg: &Registry,
+    store: &Store,
+    repo: &RegistryRef,
+    key: Digest,
+    manifest: Digest,
+    signer: &ed25519_dalek::SigningKey,
+) -> Result<bool, CacheError> {
+    let record = crate::signing::sign(signer, &manifest);
+    let layer_bytes = serde_json::to_vec(&record).expect("a record serialises");
+    let layer = Descriptor::new(
+        SIG_LAYER,
+        store.put_bytes("signature", &layer_bytes, None)?,
+        layer_bytes.len() as u64,
+    );
+    let config = Descriptor::new(EMPTY_TYPE, store.put_bytes("empty config", b"{}", None)?, 2);
+    let m = Manifest {
+        schema_version: 2,
+        media_type: Some(oci::OCI_MANIFEST.into()),
+        artifact_type: Some(SIG_ARTIFACT.into()),
+        config: config.clone(),
+        layers: vec![layer.clone()],
+        annotations: BTreeMap::new(),
+    };
+    let bytes = serde_json::to_vec(&m).expect("a manifest serialises");
+    let tag = sig_tag(&key, &signer.verifying_key());
+    if !valid_tag(&tag) {
+        return Err(CacheError::Tag(tag));
+    }
+    let mut target = repo.clone();
+    target.tag = Some(tag);
+    target.digest = None;
+    if reg.tag_digest(&target).await? == Some(Digest::of(&bytes)) {
+        return Ok(false);
+    }
+    for b in [&config, &layer] {
+        if !reg.blob_exists(repo, &b.digest).await? {
+            reg.push_blob(repo, store, b).await?;
+        }
+    }
+    reg.push_manifest(&target, &bytes, oci::OCI_MANIFEST)
+        .await?;
+    Ok(true)
+}
+
+/// The id of a trusted key that signed `manifest`, if any.
+async fn trusted_signer(
+    reg: &Registry,
+    store: &Store,
+    repo: &RegistryRef,
+    key: Digest,
+    manifest: Digest,
+    trusted: &[ed25519_dalek::VerifyingKey],
+) -> Result<Option<String>, CacheError> {
+    for k in trusted {
+        let mut target = repo.clone();
+        target.tag = Some(sig_tag(&key, k));
+        target.digest = None;
+        let bytes = match reg.fetch_manifest(&target).await {
+            Ok((b, _)) => b,
+            Err(RegistryError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) else {
+            continue;
+        };
+        let Some(layer) = m
+            .layers
+            .first()
+            .filter(|l| l.media_type == SIG_LAYER && l.size <= 4096)
+        else {
+            continue;
+        };
+        reg.fetch_blob(repo, layer, store, &()).await?;
+        let Ok(record) =
+            serde_json::from_slice::<crate::signing::Record>(&store.read_blob(&layer.digest)?)
+        else {
+            continue;
+        };
+        if crate::signing::verify(&record, &manifest, k) {
+            return Ok(Some(crate::signing::key_id(k)));
+        }
+    }
+    Ok(None)
+}
+
 /// What a verified hit brought.
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -399,6 +501,8 @@ pub struct Pulled {
     pub downloaded: u64,
     /// Output files.
     pub outputs: Vec<String>,
+    /// Id of the trusted key that signed it, when keys were required.
+    pub signer: Option<String>,
 }
 
 fn ann<'a>(d: &'a Descriptor, k: &str) -> Option<&'a str> {
@@ -421,9 +525,10 @@ pub async fn pull(
     store: &Store,
     repo: &RegistryRef,
     key: Digest,
+    trusted: &[ed25519_dalek::VerifyingKey],
 ) -> Result<Option<Pulled>, CacheError> {
     let mut added: Vec<Digest> = Vec::new();
-    let r = pull_inner(reg, store, repo, key, &mut added).await;
+    let r = pull_inner(reg, store, repo, key, trusted, &mut added).await;
     if matches!(r, Err(CacheError::Rejected { .. })) {
         for d in added {
             let _ = std::fs::remove_file(store.blob_path(&d));
@@ -437,6 +542,7 @@ async fn pull_inner(
     store: &Store,
     repo: &RegistryRef,
     key: Digest,
+    trusted: &[ed25519_dalek::VerifyingKey],
     added: &mut Vec<Digest>,
 ) -> Result<Option<Pulled>, CacheError> {
     let mut target = repo.clone();
@@ -449,6 +555,15 @@ async fn pull_inner(
     let reject = |reason: String| CacheError::Rejected {
         entry: entry.clone(),
         reason,
+    };
+    // Signatures first: an entry no trusted key signed is not even downloaded.
+    let signer = if trusted.is_empty() {
+        None
+    } else {
+        match trusted_signer(reg, store, repo, key, digest, trusted).await? {
+            Some(id) => Some(id),
+            None => return Err(CacheError::Untrusted { entry }),
+        }
     };
     // By digest: fetch_manifest hashes the bytes against it.
     let mut pinned = repo.clone();
@@ -653,6 +768,7 @@ async fn pull_inner(
         entry,
         downloaded,
         outputs: outputs.into_iter().map(|(n, _, _)| n).collect(),
+        signer,
     }))
 }
 

@@ -326,3 +326,90 @@ fn verify_rebuilds_from_the_plan_and_names_what_differs() {
     assert!(stdout.contains("DIFFERS web-initrd.img"), "{stdout}");
     assert!(err.contains("NOT reproduced"), "{err}");
 }
+
+#[test]
+fn trusted_keys_decide_which_entries_are_hits() {
+    let f = fixture();
+    let keys = |name: &str| {
+        let prefix = f.dir.path().join(name);
+        let (ok, id, err) = run(&["key", "generate", prefix.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        (
+            prefix.with_extension("key"),
+            prefix.with_extension("pub"),
+            id.trim().to_string(),
+        )
+    };
+    let (ci_key, ci_pub, ci_id) = keys("ci");
+    let (_, other_pub, _) = keys("other");
+    let signed = format!("{}/cache/signed", f.reg.host());
+    let unsigned = format!("{}/cache/unsigned", f.reg.host());
+    let a = build(
+        &f,
+        "a",
+        &[
+            "--cache-to",
+            &signed,
+            "--sign-key",
+            ci_key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        a.ok && a.err.contains("pushed the signature by key"),
+        "{}",
+        a.err
+    );
+    let again = build(
+        &f,
+        "a",
+        &[
+            "--cache-to",
+            &signed,
+            "--sign-key",
+            ci_key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        again.err.contains("already holds the signature"),
+        "{}",
+        again.err
+    );
+    assert!(build(&f, "a", &["--cache-to", &unsigned]).ok);
+    // Trusted signer: a hit that says who signed it.
+    let b = build(
+        &f,
+        "b",
+        &[
+            "--cache-from",
+            &signed,
+            "--trust-key",
+            ci_pub.to_str().unwrap(),
+        ],
+    );
+    assert!(b.ok, "{}", b.err);
+    assert!(
+        b.err.contains(&format!("signed by trusted key {ci_id}")),
+        "{}",
+        b.err
+    );
+    assert_eq!(b.outputs, a.outputs);
+    // Another trusted key, or no signature at all: ignored, built locally.
+    for (runner, repo, key) in [("c", &signed, &other_pub), ("d", &unsigned, &ci_pub)] {
+        let r = build(
+            &f,
+            runner,
+            &["--cache-from", repo, "--trust-key", key.to_str().unwrap()],
+        );
+        assert!(r.ok, "{}", r.err);
+        assert!(
+            r.err.contains("is not signed by a trusted key"),
+            "{}",
+            r.err
+        );
+        assert!(!r.err.contains("remote cache hit"), "{}", r.err);
+        assert_eq!(r.outputs, a.outputs, "the local build is the same build");
+    }
+    // A signing key without a cache to push to is a usage error.
+    let r = build(&f, "e", &["--sign-key", ci_key.to_str().unwrap()]);
+    assert!(!r.ok && r.err.contains("--sign-key"), "{}", r.err);
+}

@@ -51,6 +51,13 @@ pub struct Args {
     /// (skipped when already there; a different entry is a reproducibility alarm).
     #[arg(long = "cache-to", value_name = "REGISTRY/REPO")]
     cache_to: Option<String>,
+    /// With --cache-to: sign the pushed entry with this ed25519 key (`i2kit key generate`).
+    #[arg(long, value_name = "KEY")]
+    sign_key: Option<PathBuf>,
+    /// With --cache-from: accept only entries signed by this public key (repeatable);
+    /// unsigned or otherwise signed entries are ignored. Without it, hits are not checked for signatures.
+    #[arg(long, value_name = "PUB")]
+    trust_key: Vec<PathBuf>,
     /// Push with standard OCI image media types (real types in annotations),
     /// for registries that refuse custom ones (GitLab, Quay).
     #[arg(long)]
@@ -95,6 +102,8 @@ pub fn build_for_push(
         platform: None,
         cache_from: Vec::new(),
         cache_to: None,
+        sign_key: None,
+        trust_key: Vec::new(),
         cache_compat: false,
         net,
         json: false,
@@ -184,6 +193,20 @@ fn execute(cli: &Cli, a: &Args, quiet: bool) -> anyhow::Result<Option<i2kit::bui
         .map(|s| cache_repo(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let cache_to = a.cache_to.as_deref().map(cache_repo).transpose()?;
+    anyhow::ensure!(
+        a.sign_key.is_none() || cache_to.is_some(),
+        "--sign-key signs what --cache-to pushes: give both"
+    );
+    let signer = a
+        .sign_key
+        .as_deref()
+        .map(i2kit::signing::load_signing)
+        .transpose()?;
+    let trusted = a
+        .trust_key
+        .iter()
+        .map(|p| i2kit::signing::load_verifying(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let registry = (!cache_from.is_empty() || cache_to.is_some()).then(|| {
         i2kit::registry::Registry::new(
             &opts.fetch.registry,
@@ -202,15 +225,22 @@ fn execute(cli: &Cli, a: &Args, quiet: bool) -> anyhow::Result<Option<i2kit::bui
             eprintln!("--offline: not asking the remote caches");
         } else {
             for repo in &cache_from {
-                match rt.block_on(remote_cache::pull(reg, &store, repo, key)) {
+                match rt.block_on(remote_cache::pull(reg, &store, repo, key, &trusted)) {
                     Ok(Some(p)) => {
                         if !quiet {
                             eprintln!(
-                                "remote cache hit: {} verified ({} bytes downloaded)",
-                                p.entry, p.downloaded
+                                "remote cache hit: {} verified ({} bytes downloaded){}",
+                                p.entry,
+                                p.downloaded,
+                                p.signer
+                                    .map(|s| format!(", signed by trusted key {s}"))
+                                    .unwrap_or_default()
                             );
                         }
                         break;
+                    }
+                    Err(e @ remote_cache::CacheError::Untrusted { .. }) => {
+                        eprintln!("warning: {e}")
                     }
                     Ok(None) => {
                         if !quiet {
@@ -237,6 +267,29 @@ fn execute(cli: &Cli, a: &Args, quiet: bool) -> anyhow::Result<Option<i2kit::bui
         let pushed = rt
             .block_on(remote_cache::push(reg, &store, repo, report.build_key, &p))
             .context("--cache-to")?;
+        if let Some(sk) = &signer {
+            let new = rt
+                .block_on(remote_cache::push_signature(
+                    reg,
+                    &store,
+                    repo,
+                    report.build_key,
+                    pushed.digest,
+                    sk,
+                ))
+                .context("--sign-key")?;
+            if !quiet {
+                eprintln!(
+                    "remote cache: {} signature by key {}",
+                    if new {
+                        "pushed the"
+                    } else {
+                        "already holds the"
+                    },
+                    i2kit::signing::key_id(&sk.verifying_key())
+                );
+            }
+        }
         if !quiet {
             if pushed.already {
                 eprintln!(

@@ -9,6 +9,7 @@ mod airgap;
 mod build;
 mod fetch;
 mod image;
+mod key;
 mod lock;
 mod mirror;
 mod progress;
@@ -63,6 +64,9 @@ enum Command {
     /// Inspect and maintain the store.
     #[command(subcommand)]
     Store(store::Command),
+    /// Signing keys for remote cache entries.
+    #[command(subcommand)]
+    Key(key::Command),
     /// Make images: pack a directory as a deterministic OCI image.
     #[command(subcommand)]
     Image(image::Command),
@@ -128,6 +132,7 @@ pub fn main() -> ExitCode {
         Command::Lock(a) => lock::run(&cli, a),
         Command::Store(c) => store::run(&cli, c),
         Command::Image(c) => image::run(c),
+        Command::Key(c) => key::run(c),
         Command::Run(a) => run::run(a),
         Command::Verify(a) => verify::run(&cli, a),
         Command::Mirror(a) => mirror::run(&cli, a),
