@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::boot::{busybox_image, debian_kernel};
+use common::boot::push_build_inputs;
 use common::{TestRegistry, run};
 
 /// A registry holding kernel, stub, init and one container, and a locked
@@ -19,16 +19,9 @@ struct Fixture {
     manifest: PathBuf,
 }
 
-const NAMES: [&str; 4] = ["kernel", "stub", "init", "web"];
-
 fn fixture() -> Fixture {
     let reg = TestRegistry::start();
-    let layout = debian_kernel("amd64");
-    busybox_image(&layout, "init", "init", "poweroff -f\n", "linux/amd64");
-    busybox_image(&layout, "web", "", "", "linux/amd64");
-    for n in NAMES {
-        reg.push(&layout, n, &format!("airgap/{n}:1"));
-    }
+    push_build_inputs(&reg, "airgap");
     let dir = tempfile::tempdir().unwrap();
     let h = reg.host();
     let manifest = dir.path().join("web.yml");

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::boot::{busybox_image, debian_kernel};
+use common::boot::push_build_inputs;
 use common::{TestRegistry, run};
 
 struct Fixture {
@@ -16,12 +16,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let reg = TestRegistry::start();
-    let layout = debian_kernel("amd64");
-    busybox_image(&layout, "init", "init", "poweroff -f\n", "linux/amd64");
-    busybox_image(&layout, "web", "", "", "linux/amd64");
-    for n in ["kernel", "stub", "init", "web"] {
-        reg.push(&layout, n, &format!("in/{n}:1"));
-    }
+    push_build_inputs(&reg, "in");
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("web.yml");
     write_manifest(&manifest, &reg.host(), "1");

@@ -101,12 +101,8 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let report = i2kit::airgap::export(&store, &entries, std::io::BufWriter::new(tmp.as_file()))?;
     tmp.persist(&a.output)
         .with_context(|| format!("writing {}", a.output.display()))?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for n in &report.images {
-            println!("{n}");
-        }
+    print_report(a.json, &report, &report.images)?;
+    if !a.json {
         eprintln!(
             "wrote {} ({} images, {} blobs, {} bytes)",
             a.output.display(),
@@ -124,12 +120,8 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("opening {}", a.archive.display()))?;
     let report = i2kit::airgap::import(&store, std::io::BufReader::new(f))
         .with_context(|| format!("importing {}", a.archive.display()))?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for n in &report.images {
-            println!("{n}");
-        }
+    print_report(a.json, &report, &report.images)?;
+    if !a.json {
         eprintln!(
             "imported {} images: {} blobs verified and written, {} already present",
             report.images.len(),
@@ -138,4 +130,20 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The report as JSON, or the image names one per line.
+fn print_report(
+    json: bool,
+    report: &impl serde::Serialize,
+    images: &[String],
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        for n in images {
+            println!("{n}");
+        }
+    }
+    Ok(())
 }

@@ -302,3 +302,15 @@ impl Drop for Vm {
         let _ = self.child.wait();
     }
 }
+
+/// Push a build's inputs to `reg` as `PREFIX/{kernel,stub,init,web}:1`:
+/// Debian's cloud kernel and EFI stub, a busybox init that powers off, and a
+/// busybox container.
+pub fn push_build_inputs(reg: &super::TestRegistry, prefix: &str) {
+    let layout = debian_kernel("amd64");
+    busybox_image(&layout, "init", "init", "poweroff -f\n", "linux/amd64");
+    busybox_image(&layout, "web", "", "", "linux/amd64");
+    for n in ["kernel", "stub", "init", "web"] {
+        reg.push(&layout, n, &format!("{prefix}/{n}:1"));
+    }
+}
