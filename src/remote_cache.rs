@@ -220,6 +220,15 @@ fn store_slice(
 /// The manifest for the local build `key` (compressing large outputs into
 /// the store as slices).
 pub fn prepare(store: &Store, key: Digest, compat: bool) -> Result<Prepared, CacheError> {
+    prepare_sliced(store, key, compat, SLICE)
+}
+
+fn prepare_sliced(
+    store: &Store,
+    key: Digest,
+    compat: bool,
+    slice: u64,
+) -> Result<Prepared, CacheError> {
     let (plan, outputs) = local_record(store, key)?.ok_or(CacheError::NoLocalBuild(key))?;
     struct Job {
         name: String,
@@ -245,7 +254,7 @@ pub fn prepare(store: &Store, key: Digest, compat: bool) -> Result<Prepared, Cac
         let mut offset = 0;
         let mut index = 0;
         while offset < *size {
-            let len = SLICE.min(size - offset);
+            let len = slice.min(size - offset);
             jobs.push(Job {
                 name: name.clone(),
                 digest: *digest,
@@ -516,6 +525,100 @@ fn num(d: &Descriptor, k: &str) -> Result<u64, String> {
         .map_err(|_| format!("layer {}: {k} is not a number", d.digest))
 }
 
+/// Rebuild one output from its layers (sorted by slice) through a verifying
+/// writer: every slice's offset, length and digest, inflation bounded by
+/// the annotated size, and the whole output's digest at the end. The error
+/// says what did not verify.
+fn assemble(
+    store: &Store,
+    name: &str,
+    digest: Digest,
+    size: u64,
+    layers: &[&Descriptor],
+) -> Result<Digest, String> {
+    let mut w = store
+        .blob_writer(&format!("output {name}"), digest, Some(size))
+        .map_err(|e| e.to_string())?;
+    let mut offset = 0;
+    for l in layers {
+        let media = ann(l, A_MEDIA_TYPE).unwrap_or(&l.media_type);
+        let mut f = store.open_blob(&l.digest).map_err(|e| e.to_string())?;
+        match media {
+            OUTPUT_TYPE => {
+                // A plain slice (or a whole small output): the blob digest,
+                // verified on download, is the slice's.
+                if ann(l, A_SLICE).is_some() {
+                    let want_off = num(l, A_OFFSET)?;
+                    let len = num(l, A_SLICE_SIZE)?;
+                    if want_off != offset || len != l.size {
+                        return Err(format!(
+                            "{name}: plain slice at {want_off} of {len} bytes does not fit at {offset} ({} bytes)",
+                            l.size
+                        ));
+                    }
+                    if ann(l, A_SLICE_DIGEST) != Some(l.digest.to_string().as_str()) {
+                        return Err(format!(
+                            "{name}: plain slice {} is annotated with another digest",
+                            l.digest
+                        ));
+                    }
+                }
+                std::io::copy(&mut f, &mut w).map_err(|e| format!("{name}: {e}"))?;
+                offset += l.size;
+            }
+            OUTPUT_ZSTD_TYPE => {
+                let want_off = num(l, A_OFFSET)?;
+                let len = num(l, A_SLICE_SIZE)?;
+                let slice_digest: Digest = ann(l, A_SLICE_DIGEST)
+                    .and_then(|d| d.parse().ok())
+                    .ok_or_else(|| format!("{name}: slice without a digest"))?;
+                if want_off != offset {
+                    return Err(format!("{name}: slice at {want_off}, expected {offset}"));
+                }
+                // Never inflate past the annotated size (+1 to notice more).
+                let dec =
+                    zstd::stream::read::Decoder::new(&mut f).map_err(|e| format!("{name}: {e}"))?;
+                let mut limited = dec.take(len + 1);
+                let mut h = Hasher::new();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut got = 0u64;
+                loop {
+                    let n = limited
+                        .read(&mut buf)
+                        .map_err(|e| format!("{name}: slice {}: {e}", l.digest))?;
+                    if n == 0 {
+                        break;
+                    }
+                    got += n as u64;
+                    if got > len {
+                        return Err(format!(
+                            "{name}: slice {} inflates past its annotated {len} bytes",
+                            l.digest
+                        ));
+                    }
+                    h.update(&buf[..n]);
+                    w.write_all(&buf[..n]).map_err(|e| format!("{name}: {e}"))?;
+                }
+                if got != len {
+                    return Err(format!(
+                        "{name}: slice {} inflates to {got} bytes, not {len}",
+                        l.digest
+                    ));
+                }
+                if h.finish() != slice_digest {
+                    return Err(format!(
+                        "{name}: slice {} content does not match its digest",
+                        l.digest
+                    ));
+                }
+                offset += len;
+            }
+            other => return Err(format!("{name}: unknown layer type {other}")),
+        }
+    }
+    w.commit().map_err(|e| format!("{name}: {e}"))
+}
+
 /// Look `key` up in `repo`; on a hit, verify everything and record it in the
 /// store as a local build (so the normal cache path writes the outputs). A
 /// rejected entry leaves the store as it was: blobs this pull added are
@@ -637,89 +740,7 @@ async fn pull_inner(
             continue;
         }
         let fresh = !store.has_blob(&digest, Some(size));
-        let mut w =
-            store.blob_writer(&format!("output {name} from {entry}"), digest, Some(size))?;
-        let mut offset = 0;
-        for l in layers {
-            let media = ann(l, A_MEDIA_TYPE).unwrap_or(&l.media_type);
-            let mut f = store.open_blob(&l.digest)?;
-            match media {
-                OUTPUT_TYPE => {
-                    // A plain slice (or a whole small output): the blob digest,
-                    // verified on download, is the slice's.
-                    if ann(l, A_SLICE).is_some() {
-                        let want_off = num(l, A_OFFSET).map_err(reject)?;
-                        let len = num(l, A_SLICE_SIZE).map_err(reject)?;
-                        if want_off != offset || len != l.size {
-                            return Err(reject(format!(
-                                "{name}: plain slice at {want_off} of {len} bytes does not fit at {offset} ({} bytes)",
-                                l.size
-                            )));
-                        }
-                        if ann(l, A_SLICE_DIGEST) != Some(l.digest.to_string().as_str()) {
-                            return Err(reject(format!(
-                                "{name}: plain slice {} is annotated with another digest",
-                                l.digest
-                            )));
-                        }
-                    }
-                    std::io::copy(&mut f, &mut w).map_err(|e| reject(format!("{name}: {e}")))?;
-                    offset += l.size;
-                }
-                OUTPUT_ZSTD_TYPE => {
-                    let want_off = num(l, A_OFFSET).map_err(reject)?;
-                    let len = num(l, A_SLICE_SIZE).map_err(reject)?;
-                    let slice_digest: Digest = ann(l, A_SLICE_DIGEST)
-                        .and_then(|d| d.parse().ok())
-                        .ok_or_else(|| reject(format!("{name}: slice without a digest")))?;
-                    if want_off != offset {
-                        return Err(reject(format!(
-                            "{name}: slice at {want_off}, expected {offset}"
-                        )));
-                    }
-                    // Never inflate past the annotated size (+1 to notice more).
-                    let dec = zstd::stream::read::Decoder::new(&mut f)
-                        .map_err(|e| reject(format!("{name}: {e}")))?;
-                    let mut limited = dec.take(len + 1);
-                    let mut h = Hasher::new();
-                    let mut buf = vec![0u8; 1 << 20];
-                    let mut got = 0u64;
-                    loop {
-                        let n = limited
-                            .read(&mut buf)
-                            .map_err(|e| reject(format!("{name}: slice {}: {e}", l.digest)))?;
-                        if n == 0 {
-                            break;
-                        }
-                        got += n as u64;
-                        if got > len {
-                            return Err(reject(format!(
-                                "{name}: slice {} inflates past its annotated {len} bytes",
-                                l.digest
-                            )));
-                        }
-                        h.update(&buf[..n]);
-                        w.write_all(&buf[..n])
-                            .map_err(|e| reject(format!("{name}: {e}")))?;
-                    }
-                    if got != len {
-                        return Err(reject(format!(
-                            "{name}: slice {} inflates to {got} bytes, not {len}",
-                            l.digest
-                        )));
-                    }
-                    if h.finish() != slice_digest {
-                        return Err(reject(format!(
-                            "{name}: slice {} content does not match its digest",
-                            l.digest
-                        )));
-                    }
-                    offset += len;
-                }
-                other => return Err(reject(format!("{name}: unknown layer type {other}"))),
-            }
-        }
-        let d = w.commit().map_err(|e| reject(format!("{name}: {e}")))?;
+        let d = assemble(store, &name, digest, size, &layers).map_err(reject)?;
         if fresh {
             added.push(d);
         }
@@ -775,6 +796,120 @@ async fn pull_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store holding a local build record with one multi-slice output
+    /// (random, zeros, random: plain, zstd, plain) and a small one.
+    fn store_with_build() -> (tempfile::TempDir, Store, Digest, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        let mut big = noise(1 << 20);
+        big.extend(vec![0u8; 1 << 20]);
+        big.extend(noise((1 << 20) + 100));
+        let plan = br#"{"plan":"test"}"#;
+        let key = store.put_bytes("plan", plan, None).unwrap();
+        let big_d = store.put_bytes("big", &big, None).unwrap();
+        let small_d = store.put_bytes("small", b"cmdline", None).unwrap();
+        let files = vec![
+            ("t.raw".to_string(), big_d, big.len() as u64),
+            ("t-cmdline".to_string(), small_d, 7),
+        ];
+        let rec = serde_json::to_vec(&build_record(key, plan.len() as u64, &files)).unwrap();
+        let rd = store.put_bytes("record", &rec, None).unwrap();
+        store
+            .set_ref(
+                &format!("{BUILD_REF_PREFIX}{}", key.hex()),
+                Descriptor::new(oci::OCI_MANIFEST, rd, rec.len() as u64),
+            )
+            .unwrap();
+        (dir, store, key, big)
+    }
+
+    #[test]
+    fn outputs_slice_into_plain_and_zstd_layers_and_reassemble() {
+        let (_dir, store, key, big) = store_with_build();
+        let p = prepare_sliced(&store, key, false, 1 << 20).unwrap();
+        let again = prepare_sliced(&store, key, false, 1 << 20).unwrap();
+        assert_eq!(again.manifest, p.manifest, "deterministic manifest bytes");
+        let m: Manifest = serde_json::from_slice(&p.manifest).unwrap();
+        assert_eq!(m.config.digest, key);
+        let mut raw: Vec<&Descriptor> = m
+            .layers
+            .iter()
+            .filter(|l| ann(l, A_NAME) == Some("t.raw"))
+            .collect();
+        let media: Vec<&str> = raw.iter().map(|l| l.media_type.as_str()).collect();
+        assert_eq!(
+            media,
+            [OUTPUT_TYPE, OUTPUT_ZSTD_TYPE, OUTPUT_TYPE, OUTPUT_TYPE],
+            "random / zeros / random / tail"
+        );
+        assert!(raw[1].size < 4096, "a MiB of zeros compresses");
+        raw.sort_by_key(|l| num(l, A_SLICE).unwrap());
+        let want = Digest::of(&big);
+        assert_eq!(
+            assemble(&store, "t.raw", want, big.len() as u64, &raw).unwrap(),
+            want
+        );
+        // Tampered annotations are caught.
+        let mut shifted = raw[2].clone();
+        shifted.annotations.insert(A_OFFSET.into(), "7".into());
+        let bad = [raw[0], raw[1], &shifted, raw[3]];
+        assert!(
+            assemble(&store, "t.raw", want, big.len() as u64, &bad)
+                .unwrap_err()
+                .contains("does not fit")
+        );
+        let mut longer = raw[1].clone();
+        let n: u64 = num(&longer, A_SLICE_SIZE).unwrap();
+        longer
+            .annotations
+            .insert(A_SLICE_SIZE.into(), (n + 1).to_string());
+        let bad = [raw[0], &longer, raw[2], raw[3]];
+        assert!(
+            assemble(&store, "t.raw", want, big.len() as u64, &bad)
+                .unwrap_err()
+                .contains("inflates to")
+        );
+        let mut shorter = raw[1].clone();
+        shorter
+            .annotations
+            .insert(A_SLICE_SIZE.into(), (n - 1).to_string());
+        let bad = [raw[0], &shorter, raw[2], raw[3]];
+        assert!(
+            assemble(&store, "t.raw", want, big.len() as u64, &bad)
+                .unwrap_err()
+                .contains("inflates past")
+        );
+        let missing = [raw[0], raw[1], raw[3]];
+        assert!(
+            assemble(&store, "t.raw", want, big.len() as u64, &missing).is_err(),
+            "a slice left out"
+        );
+        // Compat mode: standard media types, the real ones in annotations.
+        let c = prepare_sliced(&store, key, true, 1 << 20).unwrap();
+        let cm: Manifest = serde_json::from_slice(&c.manifest).unwrap();
+        assert_eq!(cm.artifact_type, None);
+        assert!(cm.layers.iter().all(|l| {
+            l.media_type
+                .starts_with("application/vnd.oci.image.layer.v1.tar")
+        }));
+        assert!(
+            cm.layers
+                .iter()
+                .any(|l| ann(l, A_MEDIA_TYPE) == Some(OUTPUT_ZSTD_TYPE))
+        );
+    }
 
     #[test]
     fn tags_are_checked_client_side() {
