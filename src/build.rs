@@ -404,6 +404,20 @@ impl Builder {
     ) -> Result<BuildReport, BuildError> {
         let t0 = std::time::Instant::now();
         let plan = self.plan(pod, lock, opts).await?;
+        self.build_planned(plan, lock, opts, t0).await
+    }
+
+    /// Build from a plan made by [`Builder::plan`] with the same `lock` and
+    /// `opts` (callers that need the build key first plan only once).
+    /// `started` is when planning began, for the timings.
+    pub async fn build_planned(
+        &self,
+        plan: Plan,
+        lock: Option<(&Path, &LockFile)>,
+        opts: &BuildOptions,
+        started: std::time::Instant,
+    ) -> Result<BuildReport, BuildError> {
+        let t0 = started;
         let mut timings = BTreeMap::new();
         timings.insert("plan".to_string(), t0.elapsed().as_secs_f64());
         let key = plan.build_key();
@@ -414,6 +428,7 @@ impl Builder {
             (self.build_events)(&BuildEvent::CacheHit { build_key: key });
             return Ok(report);
         }
+        let pod = &plan.pod;
         let platform = Self::platform(pod, opts);
         let pinned: Vec<(ImageRef, Platform)> = plan
             .inputs

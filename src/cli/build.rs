@@ -178,15 +178,6 @@ fn execute(cli: &Cli, a: &Args, quiet: bool) -> anyhow::Result<Option<i2kit::bui
     let builder = Builder::new(store.clone(), events, build_events);
     let lock_ref = lock.as_ref().map(|l| (lock_file.as_path(), l));
     let rt = super::runtime()?;
-    if a.dry_run {
-        let plan = rt.block_on(builder.plan(&pod, lock_ref, &opts))?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        let v = serde_json::json!({"buildKey": plan.build_key(), "plan": plan});
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(None);
-    }
     let cache_from = a
         .cache_from
         .iter()
@@ -207,6 +198,18 @@ fn execute(cli: &Cli, a: &Args, quiet: bool) -> anyhow::Result<Option<i2kit::bui
         .iter()
         .map(|p| i2kit::signing::load_verifying(p))
         .collect::<Result<Vec<_>, _>>()?;
+    // Planned once: the build key decides remote cache lookups and the build.
+    let started = std::time::Instant::now();
+    let plan = rt.block_on(builder.plan(&pod, lock_ref, &opts))?;
+    let key = plan.build_key();
+    if a.dry_run {
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let v = serde_json::json!({"buildKey": key, "plan": plan});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(None);
+    }
     let registry = (!cache_from.is_empty() || cache_to.is_some()).then(|| {
         i2kit::registry::Registry::new(
             &opts.fetch.registry,
@@ -216,9 +219,6 @@ fn execute(cli: &Cli, a: &Args, quiet: bool) -> anyhow::Result<Option<i2kit::bui
     if let Some(reg) = &registry
         && !cache_from.is_empty()
     {
-        let key = rt
-            .block_on(builder.plan(&pod, lock_ref, &opts))?
-            .build_key();
         if remote_cache::has_local(&store, key) {
             // The local artifact cache answers first.
         } else if opts.fetch.offline {
@@ -260,7 +260,7 @@ fn execute(cli: &Cli, a: &Args, quiet: bool) -> anyhow::Result<Option<i2kit::bui
         }
     }
     let report = rt
-        .block_on(builder.build(&pod, lock_ref, &opts))
+        .block_on(builder.build_planned(plan, lock_ref, &opts, started))
         .context("build failed")?;
     if let (Some(reg), Some(repo)) = (&registry, &cache_to) {
         let p = remote_cache::prepare(&store, report.build_key, a.cache_compat)?;
