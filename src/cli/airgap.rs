@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use i2kit::fetch::Fetcher;
-use i2kit::lock::{LockFile, lock_path};
 use i2kit::oci::Platform;
 use i2kit::reference::ImageRef;
 
@@ -49,26 +48,8 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let mut fetch = a.net.fetch_options();
     for input in &a.inputs {
         if is_manifest(input) {
-            let path = Path::new(input);
-            let pod = i2kit::manifest::load_manifest(path)?;
-            let lock = LockFile::load(&lock_path(path))?;
-            if let Some(l) = &lock {
-                fetch.mirrors.extend(l.mirrors());
-            }
-            let platforms = if a.platform.is_empty() {
-                vec![pod.settings.platform.clone()]
-            } else {
-                a.platform.clone()
-            };
-            for (_, r) in pod.image_refs() {
-                for p in &platforms {
-                    let pinned = lock
-                        .as_ref()
-                        .and_then(|l| l.pin(&r, p))
-                        .unwrap_or_else(|| r.clone());
-                    want.push((pinned, p.clone()));
-                }
-            }
+            let m = super::manifest_inputs(Path::new(input), &a.platform, &mut fetch)?;
+            want.extend(m.want);
         } else {
             let r: ImageRef = input.parse().with_context(|| {
                 format!("{input:?} is neither a manifest file nor an image reference")

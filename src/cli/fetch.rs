@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use i2kit::fetch::Fetcher;
-use i2kit::lock::{LockFile, lock_path};
 use i2kit::oci::Platform;
 
 use super::{Cli, NetArgs};
@@ -27,38 +26,19 @@ pub struct Args {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> anyhow::Result<ExitCode> {
-    let pod = i2kit::manifest::load_manifest(&a.manifest)?;
-    let platforms = if a.platform.is_empty() {
-        vec![pod.settings.platform.clone()]
-    } else {
-        a.platform.clone()
-    };
-    let path = lock_path(&a.manifest);
-    let lock = LockFile::load(&path)?;
-    let refs: Vec<_> = pod.image_refs().into_iter().map(|(_, r)| r).collect();
+    let mut fetch = a.net.fetch_options();
+    let m = super::manifest_inputs(&a.manifest, &a.platform, &mut fetch)?;
     if a.locked {
-        let l = lock
+        let l = m
+            .lock
             .as_ref()
-            .ok_or_else(|| i2kit::lock::LockError::Missing(path.clone()))?;
-        l.check(&path, &refs, &platforms)?;
+            .ok_or_else(|| i2kit::lock::LockError::Missing(m.lock_path.clone()))?;
+        l.check(&m.lock_path, &m.refs, &m.platforms)?;
     }
     // Kernel, init, EFI stub and containers: every format's inputs.
-    let mut want = Vec::new();
-    for r in &refs {
-        for p in &platforms {
-            let pinned = lock
-                .as_ref()
-                .and_then(|l| l.pin(r, p))
-                .unwrap_or_else(|| r.clone());
-            want.push((pinned, p.clone()));
-        }
-    }
+    let want = m.want;
     let store = cli.open_store()?;
     let (events, bar) = super::progress::sink(a.json);
-    let mut fetch = a.net.fetch_options();
-    if let Some(l) = &lock {
-        fetch.mirrors.extend(l.mirrors());
-    }
     let fetcher = Fetcher::new(store, fetch, events, want.iter().map(|(r, _)| r));
     let rt = super::runtime()?;
     let resolved = rt.block_on(fetcher.pull(&want))?;

@@ -112,6 +112,55 @@ impl Cli {
     }
 }
 
+/// What a manifest's builds need, for `fetch` and `export`.
+struct ManifestInputs {
+    lock_path: PathBuf,
+    lock: Option<i2kit::lock::LockFile>,
+    /// Every image reference of the manifest (kernel, init, stub, containers).
+    refs: Vec<i2kit::reference::ImageRef>,
+    platforms: Vec<i2kit::oci::Platform>,
+    /// Each reference on each platform, pinned through i2kit.lock where it has an entry.
+    want: Vec<(i2kit::reference::ImageRef, i2kit::oci::Platform)>,
+}
+
+/// Load `manifest` and its lock; `platforms` empty means the manifest's own.
+/// The lock's mirrors are added to `fetch`.
+fn manifest_inputs(
+    manifest: &std::path::Path,
+    platforms: &[i2kit::oci::Platform],
+    fetch: &mut i2kit::fetch::FetchOptions,
+) -> anyhow::Result<ManifestInputs> {
+    let pod = i2kit::manifest::load_manifest(manifest)?;
+    let platforms = if platforms.is_empty() {
+        vec![pod.settings.platform.clone()]
+    } else {
+        platforms.to_vec()
+    };
+    let lock_path = i2kit::lock::lock_path(manifest);
+    let lock = i2kit::lock::LockFile::load(&lock_path)?;
+    if let Some(l) = &lock {
+        fetch.mirrors.extend(l.mirrors());
+    }
+    let refs: Vec<_> = pod.image_refs().into_iter().map(|(_, r)| r).collect();
+    let mut want = Vec::new();
+    for r in &refs {
+        for p in &platforms {
+            let pinned = lock
+                .as_ref()
+                .and_then(|l| l.pin(r, p))
+                .unwrap_or_else(|| r.clone());
+            want.push((pinned, p.clone()));
+        }
+    }
+    Ok(ManifestInputs {
+        lock_path,
+        lock,
+        refs,
+        platforms,
+        want,
+    })
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
