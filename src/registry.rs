@@ -336,11 +336,12 @@ impl Registry {
             return false;
         }
         let (oref, src) = (Self::oci_ref(r), Self::oci_ref(from));
+        // oci-client succeeds only on 201 Created: the blob is there. A
+        // registry that declines answers 202 and the caller uploads.
         self.client
             .mount_blob(&oref, &src, &d.to_string())
             .await
             .is_ok()
-            && self.blob_exists(r, d).await.unwrap_or(false)
     }
 
     /// Upload one blob of the store, streamed from disk (monolithic POST + PUT).

@@ -75,10 +75,9 @@ fn ifreq(name: &str) -> io::Result<IfReq> {
 }
 
 fn ioctl_sock(req: libc::c_ulong, arg: *mut libc::c_void) -> io::Result<()> {
-    let sock = UdpSocket::bind("0.0.0.0:0").or_else(|_| {
-        // No IPv4 at all yet is fine: any AF_INET datagram socket will do.
-        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-    })?;
+    // Any AF_INET datagram socket carries interface ioctls, even before the
+    // interface has an address.
+    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
     // SAFETY: `arg` points at a struct of the layout `req` expects.
     let r = unsafe { libc::ioctl(sock.as_raw_fd(), req as _, arg) };
     if r < 0 {

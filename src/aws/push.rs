@@ -274,19 +274,21 @@ pub fn push(
         cancel,
     )?;
     report.snapshot_id = Some(snapshot.clone());
+    // Delete (or keep) the snapshot of a failed push; says which.
+    let discard = || -> String {
+        if o.keep_on_failure {
+            return "was kept (--keep-on-failure)".into();
+        }
+        let never = AtomicBool::new(false);
+        match ec2::delete_snapshot(c, &snapshot, &never) {
+            Ok(()) => "was deleted".into(),
+            Err(e) => format!("could not be deleted: {e}"),
+        }
+    };
     let cleanup = |why: String| -> PushError {
-        let fate = if o.keep_on_failure {
-            "was kept (--keep-on-failure)".to_string()
-        } else {
-            let never = AtomicBool::new(false);
-            match ec2::delete_snapshot(c, &snapshot, &never) {
-                Ok(()) => "was deleted".into(),
-                Err(e) => format!("could not be deleted: {e}"),
-            }
-        };
         PushError::Snapshot {
             snapshot: snapshot.clone(),
-            detail: format!("{why}; the snapshot {fate}"),
+            detail: format!("{why}; the snapshot {}", discard()),
         }
     };
     // An encrypted snapshot starts from nothing: every block must be written.
@@ -353,12 +355,7 @@ pub fn push(
     }
     if !failed.is_empty() {
         failed.sort_by_key(|(b, _)| *b);
-        let fate = match cleanup(String::new()) {
-            PushError::Snapshot { detail, .. } => {
-                detail.trim_start_matches("; the snapshot ").to_string()
-            }
-            other => other.to_string(),
-        };
+        let fate = discard();
         return Err(PushError::Blocks {
             failed: failed.len(),
             first_blocks: failed
