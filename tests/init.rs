@@ -183,11 +183,14 @@ fn serving_pod_restarts_crashers_and_stops_on_the_power_button() {
         vm.console()
     );
     // Back-off 10 s then 20 s: two restarts within about 15 s.
+    // Wait for whole lines: the console arrives in chunks that can end mid-line.
     vm.wait_for(
-        "container crasher exited with code 1",
-        2,
+        "restart 2 in 20.0s (restartPolicy Always)",
+        1,
         Duration::from_secs(90),
     );
+    // The container's own output may trail the init's line about its exit.
+    vm.wait_for("[crasher] crashing", 2, Duration::from_secs(10));
     let console = vm.console();
     assert!(
         console.contains("restart 1 in 10.0s (restartPolicy Always)"),
@@ -195,6 +198,11 @@ fn serving_pod_restarts_crashers_and_stops_on_the_power_button() {
     );
     assert!(
         console.contains("restart 2 in 20.0s (restartPolicy Always)"),
+        "{console}"
+    );
+    assert_eq!(
+        vm.count("container crasher exited with code 1"),
+        2,
         "{console}"
     );
     assert_eq!(vm.count("[crasher] crashing"), 2, "{console}");
