@@ -99,7 +99,18 @@ PY
   grep -a "^i2kit-init:\|^\[nginx\]" "$work/console.log" || true
   echo "== fetched from the host through port $web: $page"
   echo "== pressing the power button (QEMU system_powerdown)"
-  python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"system_powerdown\n")' "$work/monitor.sock"
+  # Stay connected until QEMU has read the command (a monitor client that
+  # hangs up at once can lose it), and press again if the guest did not react.
+  for press in 1 2 3; do
+    python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"system_powerdown\n"); time.sleep(1)' "$work/monitor.sock" || true
+    for _ in $(seq 40); do kill -0 $vmpid 2>/dev/null || break; sleep 0.5; done
+    kill -0 $vmpid 2>/dev/null || break
+    echo "== the VM is still running; pressing the power button again"
+  done
+  if kill -0 $vmpid 2>/dev/null; then
+    echo "== the VM did not power off; stopping QEMU" >&2
+    kill $vmpid
+  fi
   wait $vmpid || true
   grep -a "shutdown\|stop\|powering off" "$work/console.log" || true
 fi
